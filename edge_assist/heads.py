@@ -1,0 +1,175 @@
+"""The three heads: run a backend and decode its raw outputs into typed results."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edge_assist import lexicon
+from edge_assist.backends import InferenceBackend, open_backend
+from edge_assist.errors import ManifestError
+from edge_assist.frames import Finding, GuidanceResult, InterpreterResult, QualityResult
+from edge_assist.manifest import HeadSpec, Manifest
+from edge_assist.vocab import ABSTAIN_TEXT, ABSTAIN_TEXT_ZH, QUALITY_THRESHOLD
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _softmax(x: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = x / max(temperature, 1e-6)
+    z = z - z.max()
+    e = np.exp(z)
+    return e / e.sum()
+
+
+class Head:
+    """A backend plus its manifest entry; checks that the two agree."""
+
+    def __init__(self, spec: HeadSpec, backend: InferenceBackend):
+        self.spec = spec
+        self.backend = backend
+        ins = {i.name: i for i in backend.inputs}
+        want = spec.input_name
+        if want not in ins or len(backend.inputs) != 1:
+            raise ManifestError(
+                f"{spec.path.name} does not match its manifest: it takes {[i.describe() for i in backend.inputs]}, "
+                f"the manifest says {want!r}; re-export it with `edge-assist export`"
+            )
+        got = ins[want].shape
+        if len(got) != len(spec.input_shape) or any(g is not None and g != w for g, w in zip(got, spec.input_shape)):
+            raise ManifestError(
+                f"{spec.path.name} does not match its manifest: input shape {got} vs {spec.input_shape}; re-export it"
+            )
+        outs = {o.name for o in backend.outputs}
+        missing = [n for n in spec.outputs.values() if n not in outs]
+        if missing:
+            raise ManifestError(f"{spec.path.name} does not match its manifest: outputs {missing} are missing; re-export it")
+
+    def run(self, tensor: np.ndarray) -> dict[str, np.ndarray]:
+        raw = self.backend.infer({self.spec.input_name: tensor})
+        return {role: raw[name] for role, name in self.spec.outputs.items()}
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def decode_quality(spec: HeadSpec, out: dict[str, np.ndarray]) -> QualityResult:
+    score = float(np.clip(np.asarray(out["score"]).reshape(-1)[0], 0.0, 1.0))
+    labels = spec.labels.get("reasons", [])
+    probs = _sigmoid(np.asarray(out["reasons"], dtype=np.float64).reshape(-1))
+    thr = float(spec.decode.get("reason_threshold", 0.5))
+    reason_probs = {name: float(p) for name, p in zip(labels, probs)}
+    active = sorted((n for n, p in reason_probs.items() if p >= thr), key=lambda n: -reason_probs[n])
+    return QualityResult(score=score, reasons=active, reason_probs=reason_probs)
+
+
+def decode_guidance(spec: HeadSpec, out: dict[str, np.ndarray]) -> GuidanceResult:
+    labels = spec.labels["actions"]
+    probs = _softmax(np.asarray(out["logits"], dtype=np.float64).reshape(-1), float(spec.decode.get("temperature", 1.0)))
+    i = int(np.argmax(probs))
+    return GuidanceResult(action=labels[i], confidence=float(probs[i]), probs={n: float(p) for n, p in zip(labels, probs)})
+
+
+def decode_interpreter(
+    spec: HeadSpec,
+    out: dict[str, np.ndarray],
+    *,
+    frame_index: int,
+    quality: QualityResult,
+    mm_per_px: tuple[float, float] | None,
+    input_hw: tuple[int, int],
+) -> InterpreterResult:
+    """Findings and a template sentence; abstains below the quality threshold."""
+    q_thr = float(spec.decode.get("quality_threshold", QUALITY_THRESHOLD))
+    if quality.score < q_thr:
+        return InterpreterResult(frame_index, True, ABSTAIN_TEXT, None, ABSTAIN_TEXT_ZH)
+    lab = spec.labels
+    temp = float(spec.decode.get("temperature", 1.0))  # fitted on held-out data (calibration)
+    s_probs = _sigmoid(np.asarray(out["structures"], dtype=np.float64).reshape(-1) / temp)
+    structures = [n for n, p in zip(lab["structures"], s_probs) if p >= float(spec.decode.get("structure_threshold", 0.5))]
+    p_lesion = float(_sigmoid(np.asarray(out["lesion"], dtype=np.float64).reshape(-1)[0] / temp))
+    lesion = p_lesion >= float(spec.decode.get("lesion_threshold", 0.5))
+    size_mm = echo = margins = location = None
+    confs = [max(p_lesion, 1 - p_lesion)] + [max(p, 1 - p) for p in s_probs]
+    if lesion:
+        def pick(role, names):
+            p = _softmax(np.asarray(out[role], dtype=np.float64).reshape(-1), temp)
+            i = int(np.argmax(p))
+            confs.append(float(p[i]))
+            return names[i]
+
+        echo = pick("echogenicity", lab["echogenicity"])
+        margins = pick("margins", lab["margins"])
+        location = pick("location", lab["locations"])
+        # The model predicts lesion size as a fraction of the input height; mm
+        # only when the source told us the pixel spacing — never invented.
+        frac = float(np.asarray(out["size"]).reshape(-1)[0])
+        if mm_per_px is not None and frac > 0:
+            size_mm = round(frac * input_hw[0] * mm_per_px[0], 1)
+    # Joint confidence: the weakest of the decisions the sentence rests on.
+    confidence = float(min(confs))
+    finding = Finding(structures, lesion, p_lesion, size_mm, echo, margins, location, confidence)
+    kw = dict(structures=structures, lesion_present=lesion, size_mm=size_mm, echogenicity=echo, margins=margins, location=location)
+    return InterpreterResult(frame_index, False, lexicon.sentence_en(**kw), finding, lexicon.sentence_zh(**kw))
+
+
+class HeadSet:
+    """All three heads for one backend and precision. A context manager."""
+
+    def __init__(self, manifest: Manifest, backend: str = "ort", precision: str = "fp32", **backend_options):
+        self.manifest = manifest
+        self.backend_name = backend
+        self.precision = precision
+        self.heads: dict[str, Head] = {}
+        try:
+            for name, spec in manifest.heads.items():
+                self.heads[name] = Head(spec, open_backend(backend, self._path(spec), **backend_options))
+        except BaseException:
+            self.close()
+            raise
+
+    def _path(self, spec: HeadSpec):
+        # INT8 is kept only for heads where it was faster and as accurate
+        # (see `edge-assist calibrate`); the others stay FP32.
+        if self.precision == "int8" and spec.int8_path is not None:
+            return spec.int8_path
+        return spec.path
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.manifest.input_size
+
+    def frames_for(self, name: str) -> int:
+        return self.heads[name].spec.frames
+
+    def quality(self, tensor: np.ndarray) -> QualityResult:
+        h = self.heads["quality"]
+        return decode_quality(h.spec, h.run(tensor))
+
+    def guidance(self, tensor: np.ndarray) -> GuidanceResult:
+        h = self.heads["guidance"]
+        return decode_guidance(h.spec, h.run(tensor))
+
+    def interpreter(self, tensor, *, frame_index, quality, mm_per_px) -> InterpreterResult:
+        h = self.heads["interpreter"]
+        if quality.score < float(h.spec.decode.get("quality_threshold", QUALITY_THRESHOLD)):
+            # Abstain without spending the time to run the model.
+            return decode_interpreter(h.spec, {}, frame_index=frame_index, quality=quality, mm_per_px=mm_per_px, input_hw=self.input_size)
+        return decode_interpreter(
+            h.spec, h.run(tensor), frame_index=frame_index, quality=quality, mm_per_px=mm_per_px, input_hw=self.input_size
+        )
+
+    def model_info(self) -> dict:
+        return {n: {"file": self._path(h.spec).name, "version": h.spec.version} for n, h in self.heads.items()}
+
+    def close(self) -> None:
+        for h in self.heads.values():
+            h.close()
+        self.heads = {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,90 @@
+"""Temporal smoothing with hysteresis, and the words the operator reads.
+
+Raw per-frame outputs flicker; arrows that change every frame are worse than
+none. Scores are smoothed with an exponential moving average; a reason flag
+turns on above `on` and off only below `off`; the shown action changes only
+when another action has led by `margin` for `min_frames` frames in a row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edge_assist.frames import GuidanceResult, Hints, InterpreterResult, QualityResult
+from edge_assist.vocab import ACTION_TEXT, REASON_TEXT
+
+GOOD_QUALITY = 0.7  # meter band above which the image is called good
+
+
+@dataclass
+class SmoothingConfig:
+    alpha: float = 0.35  # EMA weight of the newest frame
+    reason_on: float = 0.6
+    reason_off: float = 0.4
+    action_margin: float = 0.10
+    action_min_frames: int = 3
+
+
+class HintSmoother:
+    def __init__(self, config: SmoothingConfig | None = None):
+        self.cfg = config or SmoothingConfig()
+        self.reset()
+
+    def reset(self) -> None:
+        self._score: float | None = None
+        self._reason_p: dict[str, float] = {}
+        self._reasons_on: set[str] = set()
+        self._action_p: dict[str, float] = {}
+        self._action: str | None = None
+        self._challenger: str | None = None
+        self._challenger_frames = 0
+
+    def _ema(self, old: float | None, new: float) -> float:
+        return new if old is None else old + self.cfg.alpha * (new - old)
+
+    def quality(self, q: QualityResult) -> QualityResult:
+        self._score = self._ema(self._score, q.score)
+        for name, p in q.reason_probs.items():
+            self._reason_p[name] = self._ema(self._reason_p.get(name), p)
+        for name, p in self._reason_p.items():
+            if p >= self.cfg.reason_on:
+                self._reasons_on.add(name)
+            elif p <= self.cfg.reason_off:
+                self._reasons_on.discard(name)
+        active = sorted(self._reasons_on, key=lambda n: -self._reason_p[n])
+        return QualityResult(score=self._score, reasons=active, reason_probs=dict(self._reason_p))
+
+    def guidance(self, g: GuidanceResult) -> GuidanceResult:
+        probs = g.probs or {g.action: g.confidence}
+        for name, p in probs.items():
+            self._action_p[name] = self._ema(self._action_p.get(name), p)
+        best = max(self._action_p, key=self._action_p.get)
+        if self._action is None:
+            self._action = best
+        elif best != self._action:
+            lead = self._action_p[best] - self._action_p.get(self._action, 0.0)
+            if best == self._challenger:
+                self._challenger_frames += 1
+            else:
+                self._challenger, self._challenger_frames = best, 1
+            if lead >= self.cfg.action_margin and self._challenger_frames >= self.cfg.action_min_frames:
+                self._action, self._challenger, self._challenger_frames = best, None, 0
+        else:
+            self._challenger, self._challenger_frames = None, 0
+        return GuidanceResult(self._action, self._action_p[self._action], dict(self._action_p))
+
+    def hints(self, frame_index, t_capture_ns, q: QualityResult, g: GuidanceResult, interp: InterpreterResult | None) -> Hints:
+        qs, gs = self.quality(q), self.guidance(g)
+        return Hints(frame_index, t_capture_ns, qs, gs, interp, quality_text(qs), guidance_text(gs))
+
+
+def quality_text(q: QualityResult) -> str:
+    if q.reasons:
+        return REASON_TEXT.get(q.reasons[0], q.reasons[0])
+    if q.score >= GOOD_QUALITY:
+        return "Good image"
+    return "Image quality limited"
+
+
+def guidance_text(g: GuidanceResult) -> str:
+    return ACTION_TEXT.get(g.action, g.action)

@@ -1,0 +1,418 @@
+"""The real-time loop: capture thread -> latest-frame slot -> preprocess once
+-> quality + guidance on every frame -> interpreter (gated, may lag) ->
+smoothed hints -> sinks, under a per-frame latency budget.
+
+Threads: the capture thread (reads the source), the processing loop (the
+thread that calls run()), and the interpreter worker (async mode). All three
+end before run() returns; stop() may be called from any thread.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import numpy as np
+
+from edge_assist.errors import EndOfStream
+from edge_assist.frames import Frame, GuidanceResult, Hints, InterpreterResult, QualityResult
+from edge_assist.heads import HeadSet
+from edge_assist.hints import HintSmoother, SmoothingConfig
+from edge_assist.metrics import LatencyLog, summarize_ms
+from edge_assist.preprocess import Prepared, Preprocessor
+from edge_assist.sources.base import FrameSource
+from edge_assist.vocab import ABSTAIN_TEXT, ABSTAIN_TEXT_ZH, QUALITY_THRESHOLD
+
+# A new frame size is accepted once it has persisted this long (a scanner that
+# changed its output mode), until then such frames are skipped and counted.
+SIZE_CHANGE_FRAMES = 30
+
+
+def _ms(ns: int) -> float:
+    return ns / 1e6
+
+
+class FrameSlot:
+    """Holds the newest frame only (live), or one frame with back-pressure
+    (every-frame mode). Overwritten frames are counted as dropped."""
+
+    def __init__(self, every_frame: bool):
+        self.every_frame = every_frame
+        self._cond = threading.Condition()
+        self._frame: Frame | None = None
+        self._closed = False
+        self.dropped = 0
+
+    def put(self, frame: Frame) -> None:
+        with self._cond:
+            if self.every_frame:
+                while self._frame is not None and not self._closed:
+                    self._cond.wait(0.1)
+            elif self._frame is not None:
+                self.dropped += 1  # newest frame wins
+            if self._closed:
+                self.dropped += 1
+                return
+            self._frame = frame
+            self._cond.notify_all()
+
+    def get(self, timeout_s: float) -> Frame | None:
+        with self._cond:
+            if self._frame is None:
+                self._cond.wait(timeout_s)
+            frame, self._frame = self._frame, None
+            self._cond.notify_all()
+            return frame
+
+    def close(self) -> None:
+        """Stop accepting frames; a frame still waiting is dropped."""
+        with self._cond:
+            self._closed = True
+            if self._frame is not None:
+                self._frame = None
+                self.dropped += 1
+            self._cond.notify_all()
+
+
+@dataclass
+class FrameResult:
+    frame: Frame
+    prepared: Prepared
+    hints: Hints
+    raw_quality: QualityResult
+    raw_guidance: GuidanceResult
+    stages_ms: dict[str, float]
+    e2e_ms: float
+    missed_budget: bool
+    interpreter_ran: bool = False
+
+
+class Sink(Protocol):
+    def write(self, result: FrameResult) -> None: ...
+    def close(self) -> None: ...
+
+
+class InterpreterWorker:
+    """Runs the interpreter on one frame at a time in its own thread so that it
+    never delays quality and guidance. A new job is only accepted when idle."""
+
+    def __init__(self, heads: HeadSet, log: LatencyLog):
+        self._heads = heads
+        self._log = log
+        self._cond = threading.Condition()
+        self._job = None
+        self._busy = False
+        self._stop = False
+        self._latest: InterpreterResult | None = None
+        self.runs = 0
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name="edge-assist-interpreter", daemon=True)
+        self._thread.start()
+
+    @property
+    def idle(self) -> bool:
+        with self._cond:
+            return not self._busy
+
+    def submit(self, tensor, frame_index, quality, mm_per_px) -> bool:
+        with self._cond:
+            if self._busy or self._stop:
+                return False
+            self._busy = True
+            self._job = (tensor, frame_index, quality, mm_per_px)
+            self._cond.notify_all()
+            return True
+
+    def latest(self) -> InterpreterResult | None:
+        with self._cond:
+            return self._latest
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while self._job is None and not self._stop:
+                    self._cond.wait()
+                if self._stop:
+                    return
+                tensor, idx, quality, mm = self._job
+                self._job = None
+            t0 = time.perf_counter_ns()
+            try:
+                res = self._heads.interpreter(tensor, frame_index=idx, quality=quality, mm_per_px=mm)
+            except Exception as exc:  # surfaced by the pipeline, never lost in a thread
+                self.error = exc
+                res = None
+            self._log.add("interpreter", _ms(time.perf_counter_ns() - t0))
+            with self._cond:
+                if res is not None:
+                    self._latest = res
+                self.runs += 1
+                self._busy = False
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        self._thread.join()
+
+
+class Pipeline:
+    def __init__(
+        self,
+        source: FrameSource,
+        heads: HeadSet,
+        sinks: list[Sink] | tuple = (),
+        *,
+        budget_ms: float | None = None,
+        every_frame: bool = False,
+        max_frames: int | None = None,
+        interpreter_mode: str | None = None,  # "async" (live default) or "sync" (every-frame default)
+        smoothing: SmoothingConfig | None = None,
+        on_result: Callable[[FrameResult], None] | None = None,
+        warmup_frames: int = 0,
+    ):
+        self.source = source
+        self.heads = heads
+        self.sinks = list(sinks)
+        self.every_frame = every_frame
+        fps = source.nominal_fps or 30.0
+        self.budget_ms = float(budget_ms) if budget_ms else 1000.0 / fps
+        self.max_frames = max_frames
+        self.interpreter_mode = interpreter_mode or ("sync" if every_frame else "async")
+        if self.interpreter_mode not in ("sync", "async"):
+            raise ValueError(f"interpreter_mode must be 'sync' or 'async', not {self.interpreter_mode!r}")
+        pre = heads.manifest.preprocess
+        self.preprocessor = Preprocessor(
+            size=heads.input_size, mean=float(pre.get("mean", 0.0)), std=float(pre.get("std", 1.0))
+        )
+        self.smoother = HintSmoother(smoothing)
+        self.on_result = on_result
+        self.warmup_frames = warmup_frames
+        self.log = LatencyLog()
+        self.slot = FrameSlot(every_frame)
+        self._stop = threading.Event()
+        self._capture_done = threading.Event()
+        self._capture_error: BaseException | None = None
+        self._guidance_frames = heads.frames_for("guidance")
+        self._history: deque[np.ndarray] = deque(maxlen=self._guidance_frames)
+        self._interp_p50_ms = 0.0
+        self._shape: tuple | None = None
+        self._new_shape: tuple | None = None
+        self._new_shape_count = 0
+        self._thread: threading.Thread | None = None
+        self.frames_in = 0
+        self.frames_processed = 0
+        self.frames_skipped = 0
+        self.misses = 0
+        self.interpreter_runs = 0
+        self.status = "starting"
+        self.ended = False  # the source reached its end (not a stall)
+
+    # ----------------------------------------------------------------- control
+    def start(self) -> "Pipeline":
+        """Run in a background thread (for UIs); stop() and join() end it."""
+        self._thread = threading.Thread(target=self._run_safely, name="edge-assist-pipeline", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run_safely(self) -> None:
+        try:
+            self.run()
+        except BaseException as exc:  # kept for the owner to read; threads must not die silently
+            self.error = exc
+
+    error: BaseException | None = None
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.slot.close()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def frames_dropped(self) -> int:
+        return self.slot.dropped
+
+    # ----------------------------------------------------------------- capture
+    def _capture_loop(self) -> None:
+        try:
+            while not self._stop.is_set():
+                try:
+                    frame = self.source.read(timeout_s=0.1)
+                except EndOfStream:
+                    self.ended = True
+                    return
+                if frame is None:
+                    continue  # a stall: live sources are not finished
+                self.frames_in += 1
+                self.slot.put(frame)
+                if self.every_frame and self.max_frames and self.frames_in >= self.max_frames:
+                    return
+        except BaseException as exc:
+            self._capture_error = exc
+        finally:
+            self._capture_done.set()
+
+    # ----------------------------------------------------------------- process
+    def _frame_ok(self, frame: Frame) -> bool:
+        px = frame.pixels
+        ok_type = isinstance(px, np.ndarray) and px.dtype == np.uint8 and (
+            px.ndim == 2 or (px.ndim == 3 and px.shape[2] in (1, 3, 4))
+        )
+        if not ok_type or min(px.shape[:2]) < 8:
+            return False
+        shape = px.shape
+        if self._shape is None or shape == self._shape:
+            self._shape = shape
+            self._new_shape, self._new_shape_count = None, 0
+            return True
+        if shape == self._new_shape:
+            self._new_shape_count += 1
+        else:
+            self._new_shape, self._new_shape_count = shape, 1
+        if self._new_shape_count >= SIZE_CHANGE_FRAMES:
+            self._shape, self._new_shape, self._new_shape_count = shape, None, 0
+            self.preprocessor.reset()
+            self._history.clear()
+            return True
+        return False
+
+    def _guidance_input(self, tensor: np.ndarray) -> np.ndarray:
+        if self._guidance_frames == 1:
+            return tensor
+        self._history.append(tensor)
+        while len(self._history) < self._guidance_frames:
+            self._history.appendleft(tensor)
+        return np.concatenate(list(self._history), axis=1)
+
+    def _abstain(self, index: int) -> InterpreterResult:
+        return InterpreterResult(index, True, ABSTAIN_TEXT, None, ABSTAIN_TEXT_ZH)
+
+    def _process(self, frame: Frame, t_dequeue: int, worker: InterpreterWorker | None) -> FrameResult:
+        stages: dict[str, float] = {"capture": _ms(t_dequeue - frame.t_capture_ns)}
+        t = time.perf_counter_ns()
+
+        def lap(name: str) -> None:
+            nonlocal t
+            now = time.perf_counter_ns()
+            stages[name] = _ms(now - t)
+            t = now
+
+        prep = self.preprocessor(frame)
+        lap("preprocess")
+        q = self.heads.quality(prep.tensor)
+        lap("quality")
+        g = self.heads.guidance(self._guidance_input(prep.tensor))
+        lap("guidance")
+        q_thr = float(self.heads.heads["interpreter"].spec.decode.get("quality_threshold", QUALITY_THRESHOLD))
+        ran = False
+        if q.score < q_thr:
+            interp = self._abstain(frame.index)  # never show findings for a poor image
+        elif worker is None:
+            interp = self.heads.interpreter(prep.tensor, frame_index=frame.index, quality=q, mm_per_px=prep.mm_per_px)
+            ran = True
+            lap("interpreter")
+        else:
+            # Gate by the budget: start only if the result can still be fresh
+            # within this frame's budget; the worker runs beside us.
+            elapsed = _ms(time.monotonic_ns() - frame.t_capture_ns)
+            if elapsed + self._interp_p50_ms <= self.budget_ms or self._interp_p50_ms == 0.0:
+                ran = worker.submit(prep.tensor, frame.index, q, prep.mm_per_px)
+            interp = worker.latest()
+        hints = self.smoother.hints(frame.index, frame.t_capture_ns, q, g, interp)
+        lap("hints")
+        e2e = _ms(time.monotonic_ns() - frame.t_capture_ns)
+        return FrameResult(frame, prep, hints, q, g, stages, e2e, e2e > self.budget_ms, ran)
+
+    def run(self) -> dict:
+        """Process until the source ends, max_frames, or stop(). Returns the summary."""
+        old_switch = sys.getswitchinterval()
+        # FACTS: collecting an ORT result needs the GIL; a short switch interval
+        # keeps a busy Python thread from adding milliseconds to each head.
+        sys.setswitchinterval(0.0005)
+        capture = threading.Thread(target=self._capture_loop, name="edge-assist-capture", daemon=True)
+        worker = InterpreterWorker(self.heads, self.log) if self.interpreter_mode == "async" else None
+        self.status = "running"
+        capture.start()
+        try:
+            while not self._stop.is_set():
+                frame = self.slot.get(timeout_s=0.05)
+                if frame is None:
+                    if self._capture_done.is_set():
+                        break
+                    continue
+                t_dequeue = time.monotonic_ns()
+                if not self._frame_ok(frame):
+                    self.frames_skipped += 1
+                    continue
+                result = self._process(frame, t_dequeue, worker)
+                self.frames_processed += 1
+                self.interpreter_runs += int(result.interpreter_ran)
+                if result.missed_budget and self.frames_processed > self.warmup_frames:
+                    self.misses += 1
+                if self.frames_processed > self.warmup_frames:
+                    for name, ms in result.stages_ms.items():
+                        if name != "interpreter" or worker is None:
+                            self.log.add(name, ms)
+                    self.log.add_e2e(result.e2e_ms, time.monotonic_ns())
+                t_sink = time.perf_counter_ns()
+                for sink in self.sinks:
+                    sink.write(result)
+                if self.on_result is not None:
+                    self.on_result(result)
+                sink_ms = _ms(time.perf_counter_ns() - t_sink)
+                result.stages_ms["sink"] = sink_ms
+                if self.frames_processed > self.warmup_frames:
+                    self.log.add("sink", sink_ms)
+                if worker is not None:
+                    s = self.log.samples("interpreter")
+                    if s:
+                        self._interp_p50_ms = float(np.median(s[-50:]))
+                    if worker.error is not None:
+                        raise worker.error
+                if self.max_frames and self.frames_processed >= self.max_frames:
+                    break
+        finally:
+            self._stop.set()
+            self.slot.close()
+            capture.join()
+            if worker is not None:
+                worker.stop()
+                self.interpreter_runs = worker.runs
+            sys.setswitchinterval(old_switch)
+            self.status = "ended" if self.ended else "stopped"
+        if self._capture_error is not None:
+            raise self._capture_error
+        return self.summary()
+
+    # ----------------------------------------------------------------- report
+    def summary(self) -> dict:
+        stages = self.log.summary()
+        e2e = stages.pop("e2e", summarize_ms([]))
+        counted = max(1, self.frames_processed - self.warmup_frames)
+        return {
+            "source": self.source.uri,
+            "frames_in": self.frames_in,
+            "frames_processed": self.frames_processed,
+            "frames_dropped": self.frames_dropped,
+            "frames_skipped": self.frames_skipped,
+            "interpreter_runs": self.interpreter_runs,
+            "budget_ms": self.budget_ms,
+            "misses": self.misses,
+            "miss_rate": self.misses / counted if self.frames_processed else 0.0,
+            "drop_rate": self.frames_dropped / self.frames_in if self.frames_in else 0.0,
+            "e2e_ms": {k: e2e[k] for k in ("p50", "p95", "p99", "p999", "max")},
+            "stages_ms": {k: {m: v[m] for m in ("p50", "p95", "p99", "max")} for k, v in stages.items()},
+            "ended": self.ended,
+            "backend": self.heads.backend_name,
+            "precision": self.heads.precision,
+            "models": self.heads.model_info(),
+            "mode": "every_frame" if self.every_frame else "latest",
+            "interpreter_mode": self.interpreter_mode,
+        }

@@ -1,0 +1,69 @@
+"""The FrameSource protocol that every source implements."""
+
+from __future__ import annotations
+
+import abc
+import time
+
+from edge_assist.frames import Frame
+
+
+class FrameSource(abc.ABC):
+    """A stream of frames with an explicit lifetime.
+
+    read(timeout_s) returns the next Frame, or None when nothing arrived in
+    time (a live source that stalls is not finished); a finite source raises
+    EndOfStream after its last frame. `status` is a short human string such as
+    "ok" or "no signal" that a UI can show.
+    """
+
+    uri: str = ""
+    is_live: bool = False  # live sources are never waited for: newest frame wins
+    nominal_fps: float | None = None
+
+    @property
+    def status(self) -> str:
+        return "ok"
+
+    @property
+    def frame_count(self) -> int | None:
+        """Total frames for finite sources, None for live ones."""
+        return None
+
+    @abc.abstractmethod
+    def read(self, timeout_s: float = 1.0) -> Frame | None: ...
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> "FrameSource":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Pacer:
+    """Releases frames of a finite source at their nominal times.
+
+    A paced file behaves like a live stream: when the consumer is slow the
+    source keeps going (the pipeline's slot drops frames), it never waits.
+    """
+
+    def __init__(self, fps: float):
+        self.period_ns = int(1e9 / fps) if fps and fps > 0 else 0
+        self.t0_ns: int | None = None
+
+    def wait_for(self, index: int, timeout_s: float) -> bool:
+        """Sleep until frame `index` is due; False if that is beyond timeout_s."""
+        now = time.monotonic_ns()
+        if self.t0_ns is None:
+            self.t0_ns = now - index * self.period_ns
+        due = self.t0_ns + index * self.period_ns
+        wait_s = (due - now) / 1e9
+        if wait_s > timeout_s:
+            time.sleep(max(0.0, timeout_s))
+            return False
+        if wait_s > 0:
+            time.sleep(wait_s)
+        return True

@@ -1,0 +1,101 @@
+"""Tiny but real ONNX models with a manifest, built with onnx.helper, for
+testing the run-time path before (and independently of) trained models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from edge_assist.manifest import sha256_file
+from edge_assist.vocab import ACTIONS, ECHOGENICITY, LOCATIONS, MARGINS, QUALITY_REASONS, STRUCTURES
+
+SIZE = (64, 64)
+
+
+def _model(name: str, in_ch: int, outputs: dict[str, int], rng, sigmoid: set[str] = frozenset(), bias: dict | None = None, size=SIZE):
+    """image -> conv(4, stride 4) -> relu -> global avg pool -> one Gemm per output."""
+    nodes, inits = [], []
+    w = rng.normal(0, 0.5, size=(4, in_ch, 3, 3)).astype(np.float32)
+    inits.append(numpy_helper.from_array(w, "conv_w"))
+    nodes += [
+        helper.make_node("Conv", ["image", "conv_w"], ["c"], strides=[4, 4], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("GlobalAveragePool", ["r"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+    ]
+    outs = []
+    for out, width in outputs.items():
+        wm = rng.normal(0, 1.0, size=(4, width)).astype(np.float32)
+        b = np.full((width,), (bias or {}).get(out, 0.0), dtype=np.float32)
+        inits += [numpy_helper.from_array(wm, f"{out}_w"), numpy_helper.from_array(b, f"{out}_b")]
+        gemm_out = f"{out}_pre" if out in sigmoid else out
+        nodes.append(helper.make_node("Gemm", ["f", f"{out}_w", f"{out}_b"], [gemm_out]))
+        if out in sigmoid:
+            nodes.append(helper.make_node("Sigmoid", [gemm_out], [out]))
+        outs.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, [1, width]))
+    graph = helper.make_graph(
+        nodes, name, [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, in_ch, *size])], outs, inits
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def write_tiny_engines(root: Path, *, seed: int = 0, quality_bias: float = 3.0, guidance_frames: int = 1, size=SIZE) -> Path:
+    """Write quality/guidance/interpreter ONNX models and manifest.json under root.
+
+    quality_bias pushes the score towards 1 (good) or, negative, towards 0.
+    """
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    specs = {
+        "quality": (1, {"score": 1, "reason_logits": len(QUALITY_REASONS)}, {"score"}, {"score": quality_bias}),
+        "guidance": (guidance_frames, {"action_logits": len(ACTIONS)}, set(), None),
+        "interpreter": (
+            1,
+            {
+                "structure_logits": len(STRUCTURES),
+                "lesion_logit": 1,
+                "lesion_size": 1,
+                "echo_logits": len(ECHOGENICITY),
+                "margin_logits": len(MARGINS),
+                "location_logits": len(LOCATIONS),
+            },
+            {"lesion_size"},
+            {"lesion_logit": 3.0},
+        ),
+    }
+    roles = {
+        "quality": {"score": "score", "reasons": "reason_logits"},
+        "guidance": {"logits": "action_logits"},
+        "interpreter": {
+            "structures": "structure_logits", "lesion": "lesion_logit", "size": "lesion_size",
+            "echogenicity": "echo_logits", "margins": "margin_logits", "location": "location_logits",
+        },
+    }
+    labels = {
+        "quality": {"reasons": list(QUALITY_REASONS)},
+        "guidance": {"actions": list(ACTIONS)},
+        "interpreter": {"structures": list(STRUCTURES), "echogenicity": list(ECHOGENICITY), "margins": list(MARGINS), "locations": list(LOCATIONS)},
+    }
+    heads = {}
+    for name, (ch, outs, sig, bias) in specs.items():
+        path = root / f"{name}.onnx"
+        onnx.save(_model(name, ch, outs, rng, sig, bias, size), str(path))
+        heads[name] = {
+            "file": path.name,
+            "sha256": sha256_file(path),
+            "version": "test-0",
+            "input": {"name": "image", "shape": [1, ch, *size], "dtype": "float32", "frames": ch},
+            "outputs": roles[name],
+            "labels": labels[name],
+            "decode": {"quality_threshold": 0.5} if name == "interpreter" else {},
+        }
+    manifest = {"format": 1, "preprocess": {"size": list(size), "mean": 0.5, "std": 0.25}, "heads": heads}
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return root
