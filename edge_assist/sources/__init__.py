@@ -48,10 +48,11 @@ SOURCE_KINDS: dict[str, SourceKind] = {
 
 def split_uri(uri: str) -> tuple[str, str]:
     """'file:a.mp4' -> ('file', 'a.mp4'); 'igtl://h:p' -> ('igtl', '//h:p')."""
-    if "!" in uri and ":" not in uri.split("!")[0]:
-        # A bare GStreamer pipeline ("v4l2src ! videoconvert ! appsink").
-        return "device", uri
     scheme, sep, rest = uri.partition(":")
+    if " ! " in uri and scheme.lower() not in SOURCE_KINDS:
+        # A bare GStreamer pipeline ("v4l2src ! videoconvert ! appsink",
+        # "rtspsrc location=rtsp://... ! ..."): a capture device.
+        return "device", uri
     if not sep or not scheme:
         raise SourceError(
             f"source {uri!r} has no scheme; use one of "
