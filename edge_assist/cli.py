@@ -30,7 +30,7 @@ PLUGINS = (
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, help="folder for hints.jsonl, annotated.mp4, summary.json")
     p.add_argument("--backend", default="ort", help="inference backend (see `edge-assist backends`); default ort")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "int8"), help="fp32, or int8 where calibrated models exist")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"), help="fp32; int8 where calibrated models exist; fp16 with --backend trt")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads per model (default 1)")
     p.add_argument("--budget-ms", type=float, help="per-frame latency budget (default: one frame interval of the source)")
     p.add_argument("--every-frame", action="store_true", help="process every frame of a file (offline), no pacing, no drops")

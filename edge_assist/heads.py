@@ -6,7 +6,7 @@ import numpy as np
 
 from edge_assist import lexicon
 from edge_assist.backends import InferenceBackend, open_backend
-from edge_assist.errors import ManifestError
+from edge_assist.errors import BackendError, ManifestError
 from edge_assist.frames import Finding, GuidanceResult, InterpreterResult, QualityResult
 from edge_assist.manifest import HeadSpec, Manifest
 from edge_assist.vocab import ABSTAIN_TEXT, ABSTAIN_TEXT_ZH, QUALITY_THRESHOLD
@@ -124,7 +124,14 @@ class HeadSet:
         self.heads: dict[str, Head] = {}
         try:
             for name, spec in manifest.heads.items():
-                self.heads[name] = Head(spec, open_backend(backend, self._path(spec), **backend_options))
+                path = self._path(spec)
+                opts = dict(backend_options)
+                if backend == "trt":
+                    # TensorRT builds an engine per precision: INT8 from the QDQ model.
+                    opts["precision"] = "int8" if path == spec.int8_path else ("fp16" if precision == "fp16" else "fp32")
+                elif precision == "fp16":
+                    raise BackendError("fp16 needs the TensorRT backend (--backend trt); ONNX Runtime here runs fp32 or int8")
+                self.heads[name] = Head(spec, open_backend(backend, path, **opts))
         except BaseException:
             self.close()
             raise

@@ -11,6 +11,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 import pytest  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _engine_cache(tmp_path_factory):
+    """TensorRT engines built by tests go to a temporary cache, not ~/.cache."""
+    os.environ["EDGE_ASSIST_ENGINE_CACHE"] = str(tmp_path_factory.mktemp("engine-cache"))
+
+
 @pytest.fixture
 def no_thread_leak():
     """Fails a test that leaves a thread running behind it."""
