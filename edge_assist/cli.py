@@ -72,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--screenshot", type=Path, help="save a PNG of the window after --frames frames and exit")
     p.add_argument("--frames", type=int, default=60)
     p.add_argument("--backend", default="ort")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "int8"))
     p.add_argument("--engines", type=Path)
+    p.add_argument("--out", type=Path, help="folder for exams: captures, recordings, reports (default out/ui)")
     p.set_defaults(func=cmd_ui)
 
     for mod in PLUGINS:
@@ -224,9 +226,11 @@ def cmd_ui(args) -> int:
         argv.append("--compact")
     if args.screenshot:
         argv += ["--screenshot", str(args.screenshot), "--frames", str(args.frames)]
-    argv += ["--backend", args.backend]
+    argv += ["--backend", args.backend, "--precision", args.precision]
     if args.engines:
         argv += ["--engines", str(args.engines)]
+    if args.out:
+        argv += ["--out", str(args.out)]
     return ui_main(argv)
 
 
