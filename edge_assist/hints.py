@@ -75,7 +75,7 @@ class HintSmoother:
 
     def hints(self, frame_index, t_capture_ns, q: QualityResult, g: GuidanceResult, interp: InterpreterResult | None) -> Hints:
         qs, gs = self.quality(q), self.guidance(g)
-        return Hints(frame_index, t_capture_ns, qs, gs, interp, quality_text(qs), guidance_text(gs))
+        return Hints(frame_index, t_capture_ns, qs, gs, interp, quality_text(qs), guidance_text(gs, qs))
 
 
 def quality_text(q: QualityResult) -> str:
@@ -86,5 +86,9 @@ def quality_text(q: QualityResult) -> str:
     return "Image quality limited"
 
 
-def guidance_text(g: GuidanceResult) -> str:
+def guidance_text(g: GuidanceResult, q: QualityResult | None = None) -> str:
+    # "Hold" is also the right move while contact is being restored: only call
+    # the view good when the quality meter agrees.
+    if g.action == "hold" and q is not None and (q.score < GOOD_QUALITY or q.reasons):
+        return "Hold position – fix the image first" if q.reasons else "Hold position"
     return ACTION_TEXT.get(g.action, g.action)
