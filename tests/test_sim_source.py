@@ -117,7 +117,7 @@ def test_bad_sim_uris_are_one_line_source_errors(uri):
 def test_cli_show_writes_png_and_prints_truth(tmp_path, capsys):
     import cv2
 
-    from edge_assist.sim.cli import main
+    from edge_assist.cli import main
 
     out = tmp_path / "frame.png"
     assert main(["sim", "show", "--preset", "liver", "--seed", "3", "--out", str(out), "--mask", str(tmp_path / "m.png"), "--artefact", "gain_low"]) == 0
@@ -128,7 +128,7 @@ def test_cli_show_writes_png_and_prints_truth(tmp_path, capsys):
 
 
 def test_cli_dataset_and_errors(tmp_path, capsys):
-    from edge_assist.sim.cli import main
+    from edge_assist.cli import main
 
     out = tmp_path / "ds"
     assert main(["sim", "dataset", "--preset", "thyroid", "--seeds", "0-1", "--frames-per-seed", "3", "--out", str(out), "--quiet"]) == 0

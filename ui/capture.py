@@ -17,8 +17,6 @@ to another good view without losing quality).
 from __future__ import annotations
 
 import datetime as _dt
-import os
-import tempfile
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +28,7 @@ import numpy as np
 from edge_assist import DISCLAIMER
 from edge_assist.frames import InterpreterResult
 from edge_assist.lexicon import LOCATION_EN, MARGIN_EN
-from edge_assist.record import atomic_write_text, write_json
+from edge_assist.record import atomic_write_bytes, atomic_write_text, write_json
 
 # -- helpers ------------------------------------------------------------------------
 
@@ -64,20 +62,6 @@ def _thumb(pixels: np.ndarray, size: int = 32) -> np.ndarray:
     if grey.ndim == 3:
         grey = cv2.cvtColor(np.ascontiguousarray(grey[:, :, :3]), cv2.COLOR_RGB2GRAY)
     return cv2.resize(grey, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_png(path: Path, pixels: np.ndarray) -> None:

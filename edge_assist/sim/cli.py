@@ -10,7 +10,6 @@ them on one line and exits 2 (main() here does the same when run alone).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -18,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_assist.errors import EdgeAssistError
 from edge_assist.sim.artefacts import ARTEFACTS, apply_artefact
 from edge_assist.sim.dataset import parse_presets, parse_seeds, write_dataset
 from edge_assist.sim.geometry import PROBES
@@ -155,21 +153,3 @@ def cmd_bench(args) -> int:
     if args.json:
         args.json.write_text(json.dumps(res, indent=2))
     return 0
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="edge-assist")
-    register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    try:
-        return int(args.func(args) or 0)
-    except EdgeAssistError as exc:
-        print(f"edge-assist: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
