@@ -1,0 +1,226 @@
+"""Shared by training, export, calibration and evaluation: seeds, the
+patient-seed split, atomic file writes, progress bars.
+
+Importing this module does not import torch (evaluation must run without
+it); functions that need torch import it themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from edge_assist.errors import EdgeAssistError
+
+# -- the patient-seed split --------------------------------------------------------
+# Virtual patients are independent per (preset, seed). Training, validation
+# (model selection, temperature / threshold fitting) and evaluation use
+# disjoint seed ranges, so evaluation is always on patients never seen.
+TRAIN_SEEDS = range(0, 10_000)
+VAL_SEEDS = range(10_000, 20_000)
+EVAL_SEEDS = range(50_000, 60_000)  # `edge-assist eval`: held-out patients only
+CALIB_SEEDS = range(30_000, 31_000)  # the INT8 calibration frames
+EXAM_PRESETS = ("liver", "thyroid", "cardiac")
+
+DEFAULT_SEED = 1234
+
+
+class TrainingError(EdgeAssistError):
+    """A training/export/calibration problem the user can fix."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    try:
+        import torch
+    except ImportError:  # evaluation without torch
+        return
+    torch.manual_seed(seed)
+
+
+def set_torch_threads(threads: int | None = None) -> int:
+    import torch
+
+    n = threads or int(os.environ.get("EDGE_ASSIST_THREADS", "0")) or (os.cpu_count() or 1)
+    if os.environ.get("WORLD_SIZE") and int(os.environ["WORLD_SIZE"]) > 1 and not threads:
+        n = max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])))
+    torch.set_num_threads(n)
+    return n
+
+
+def progress(iterable: Iterable | None = None, *, total: int | None = None, desc: str = "", enabled: bool = True, leave: bool = False):
+    """A tqdm bar on stderr (quiet on non-main ranks and when disabled)."""
+    from tqdm import tqdm
+
+    return tqdm(
+        iterable, total=total, desc=desc, disable=not enabled, leave=leave, dynamic_ncols=True,
+        mininterval=1.0 if sys.stderr.isatty() else 30.0, file=sys.stderr,
+    )
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+
+
+def torch_save(obj: Any, path: Path) -> None:
+    """torch.save through a temporary file: a checkpoint is never half written."""
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def torch_load(path: Path) -> dict:
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise TrainingError(f"checkpoint {path} not found; train it first (`edge-assist train ...`)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # corrupt or foreign file
+        raise TrainingError(f"cannot read checkpoint {path} ({exc.__class__.__name__}: {exc}); delete it and retrain") from exc
+
+
+def log(msg: str, *, enabled: bool = True) -> None:
+    if enabled:
+        print(msg, file=sys.stderr, flush=True)
+
+
+# -- small metrics (numpy only: evaluation and training share them) -----------------
+
+def rankdata(x: np.ndarray) -> np.ndarray:
+    """Average ranks (ties share their mean rank), 1-based."""
+    x = np.asarray(x, dtype=np.float64)
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(len(x), np.float64)
+    xs = x[order]
+    i = 0
+    while i < len(x):
+        j = i
+        while j + 1 < len(x) and xs[j + 1] == xs[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    return ranks
+
+
+def spearman(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if len(a) < 2:
+        return float("nan")
+    ra, rb = rankdata(a), rankdata(b)
+    ra -= ra.mean()
+    rb -= rb.mean()
+    den = np.sqrt((ra * ra).sum() * (rb * rb).sum())
+    return float((ra * rb).sum() / den) if den > 0 else float("nan")
+
+
+def auroc(labels, scores) -> float:
+    """Area under the ROC curve (Mann-Whitney U), ties counted half."""
+    y = np.asarray(labels).astype(bool)
+    s = np.asarray(scores, np.float64)
+    n1, n0 = int(y.sum()), int((~y).sum())
+    if n1 == 0 or n0 == 0:
+        return float("nan")
+    r = rankdata(s)
+    return float((r[y].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
+
+
+def f1_binary(y_true, y_pred) -> float:
+    t, p = np.asarray(y_true).astype(bool), np.asarray(y_pred).astype(bool)
+    tp = float((t & p).sum())
+    fp = float((~t & p).sum())
+    fn = float((t & ~p).sum())
+    if tp + fp + fn == 0:
+        return float("nan")  # the class never occurs and is never predicted
+    return 2 * tp / (2 * tp + fp + fn)
+
+
+def macro_f1_multilabel(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[float, list[float]]:
+    """Mean F1 over the label columns that occur (in truth or prediction)."""
+    per = [f1_binary(y_true[:, k], y_pred[:, k]) for k in range(y_true.shape[1])]
+    vals = [v for v in per if not np.isnan(v)]
+    return (float(np.mean(vals)) if vals else float("nan")), per
+
+
+def macro_f1_multiclass(y_true, y_pred, n_classes: int) -> float:
+    t, p = np.asarray(y_true), np.asarray(y_pred)
+    vals = [f1_binary(t == k, p == k) for k in range(n_classes)]
+    vals = [v for v in vals if not np.isnan(v)]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+# -- simulator frames through the run-time preprocessing ---------------------------------
+
+_GEOMETRY_CACHE: dict = {}
+
+
+def sim_region(truth: dict, image_shape: tuple[int, int]):
+    """The ScanRegion the live simulator source attaches to a frame (full
+    image, probe kind, mm per pixel, fan mask), rebuilt from its truth."""
+    from edge_assist.sim.geometry import PROBES, BeamGeometry
+
+    key = (truth["probe"], float(truth["depth_mm"]), tuple(image_shape[:2]))
+    region = _GEOMETRY_CACHE.get(key)
+    if region is None:
+        region = BeamGeometry(PROBES[truth["probe"]], float(truth["depth_mm"]), tuple(image_shape[:2])).region()
+        if len(_GEOMETRY_CACHE) > 256:
+            _GEOMETRY_CACHE.clear()
+        _GEOMETRY_CACHE[key] = region
+    return region
+
+
+def expert_action(vp, truth: dict, threshold: float | None = None) -> str:
+    """The simulator's optimal action, refined where it stops short: inside
+    every tolerance ('hold', at target) while the truth quality is still
+    below the threshold (a rib shadow, gain and depth each a little off), it
+    takes the step that most reduces the largest remaining error instead.
+    Following this expert reaches a diagnostic view from every random start
+    tried; the plain policy then holds on a poor view in ~10 % of them."""
+    from edge_assist.sim.patient import ACTION_EFFECT, ERROR_NAMES, STEP
+    from edge_assist.vocab import QUALITY_THRESHOLD
+
+    thr = QUALITY_THRESHOLD if threshold is None else threshold
+    action = vp.optimal_action()
+    if action != "hold" or not truth.get("at_target") or truth["quality"] >= thr:
+        return action
+    pe, best = truth["pose_error"], None
+    for k in ("x", "y", "rot", "fan", "rock", "depth", "gain"):
+        e = float(pe[ERROR_NAMES[k]])
+        r = abs(e) / STEP[k]
+        if r > 0.5 and (best is None or r > best[0]):
+            best = (r, k, e)
+    if best is None:
+        return action
+    for a, eff in ACTION_EFFECT.items():
+        if eff == (best[1], -1 if best[2] > 0 else +1):
+            return a
+    return action

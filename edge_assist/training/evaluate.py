@@ -1,0 +1,362 @@
+"""`edge-assist eval`: the exported heads on held-out virtual patients, run
+through the same path users get (edge_assist.preprocess.Preprocessor +
+edge_assist.heads.HeadSet on ONNX Runtime or another backend), never torch.
+
+    edge-assist eval [--quick] [--backend ort] [--json] [--engines DIR]
+
+- quality: Spearman of the score with the simulator's quality, AUROC for
+  diagnostic (truth quality >= 0.5) vs not, macro-F1 of the reason flags;
+- guidance: top-1 agreement with the simulator's optimal action, and the
+  closed loop: a simulated operator starts at a random pose on a held-out
+  patient and follows the raw hint (argmax, no smoothing) each frame;
+  success = the target view reached (at_target) with truth quality at or
+  above the threshold within 40 moves;
+- interpreter: findings macro-F1 and lesion-size MAE on diagnostic frames
+  (the interpreter's own metric definitions), and the fraction of frames
+  below the quality threshold on which the run-time path abstains;
+- int8: the same figures with the INT8 models where the manifest has them;
+- real_frames: the quality score on pydicom's three ultrasound examples;
+- latency_ms: per-head ORT time on this machine (batch 1, 1 thread).
+
+Does not import torch.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge_assist.frames import Frame, QualityResult
+from edge_assist.heads import HeadSet
+from edge_assist.manifest import load_manifest
+from edge_assist.preprocess import Preprocessor
+from edge_assist.training.common import (
+    EVAL_SEEDS, EXAM_PRESETS, auroc, expert_action, f1_binary, log, macro_f1_multiclass, progress, sim_region, spearman,
+)
+from edge_assist.vocab import ACTIONS, ECHOGENICITY, LOCATIONS, MARGINS, QUALITY_REASONS, QUALITY_THRESHOLD, STRUCTURES
+
+MAX_MOVES = 40
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-np.clip(np.asarray(x, np.float64), -60, 60)))
+REAL_EXAMPLES = ("examples_ybr_color.dcm", "examples_rgb_color.dcm", "examples_palette.dcm")
+
+
+@dataclass(frozen=True)
+class EvalSize:
+    frame_seeds: int  # patients per preset for the frame metrics
+    frames_per_seed: int
+    loop_seeds: int  # patients per preset for the closed loop (one episode each)
+    latency_iters: int
+    real_frames: int  # frames read from each DICOM example
+
+
+FULL = EvalSize(frame_seeds=60, frames_per_seed=10, loop_seeds=70, latency_iters=300, real_frames=8)
+QUICK = EvalSize(frame_seeds=2, frames_per_seed=4, loop_seeds=2, latency_iters=60, real_frames=3)
+RNG_SEED = 777
+
+
+# -- data ----------------------------------------------------------------------------------------
+
+
+def held_out_frames(size: EvalSize, seeds=EVAL_SEEDS, presets=EXAM_PRESETS, rng_seed: int = RNG_SEED) -> list[tuple[np.ndarray, dict]]:
+    """Artefact-scenario frames (sim.dataset.generate) of held-out patients."""
+    from edge_assist.sim.dataset import generate
+
+    s = list(seeds)[: size.frame_seeds]
+    return list(generate(list(presets), s, size.frames_per_seed, rng_seed))
+
+
+def _preprocessor(heads: HeadSet) -> Preprocessor:
+    pre = heads.manifest.preprocess
+    return Preprocessor(size=heads.input_size, mean=float(pre.get("mean", 0.0)), std=float(pre.get("std", 1.0)))
+
+
+def _stack(tensor: np.ndarray, frames: int) -> np.ndarray:
+    return tensor if frames == 1 else np.concatenate([tensor] * frames, axis=1)
+
+
+# -- frame metrics ---------------------------------------------------------------------------------
+
+
+def frame_outputs(heads: HeadSet, frames: list[tuple[np.ndarray, dict]], desc: str = "frames") -> dict:
+    """Run every head on every frame (the run-time preprocessing and decode)."""
+    pre = _preprocessor(heads)
+    g_frames = heads.frames_for("guidance")
+    interp = heads.heads["interpreter"]
+    gate = float(interp.spec.decode.get("quality_threshold", QUALITY_THRESHOLD))
+    rows = []
+    for image, truth in progress(frames, desc=desc):
+        pre.reset()
+        prep = pre(Frame(image, 0, 0, region=sim_region(truth, image.shape)))
+        q = heads.quality(prep.tensor)
+        g = heads.guidance(_stack(prep.tensor, g_frames))
+        raw = interp.run(prep.tensor)
+        abstained = heads.interpreter(prep.tensor, frame_index=0, quality=q, mm_per_px=prep.mm_per_px).abstained
+        rows.append({"q": q, "g": g, "raw": {k: np.asarray(v, np.float64).reshape(-1) for k, v in raw.items()},
+                     "abstained": abstained, "mm": prep.mm_per_px, "truth": truth})
+    return {"rows": rows, "gate": gate, "input_h": heads.input_size[0]}
+
+
+def quality_metrics(out: dict) -> dict:
+    rows = out["rows"]
+    score = np.array([r["q"].score for r in rows])
+    tq = np.array([r["truth"]["quality"] for r in rows])
+    flags_t = np.array([[n in r["truth"]["reasons"] for n in QUALITY_REASONS] for r in rows])
+    flags_p = np.array([[n in r["q"].reasons for n in QUALITY_REASONS] for r in rows])
+    per = {n: f1_binary(flags_t[:, k], flags_p[:, k]) for k, n in enumerate(QUALITY_REASONS)}
+    vals = [v for v in per.values() if not np.isnan(v)]
+    return {
+        "spearman": round(spearman(score, tq), 4),
+        "auroc": round(auroc(tq >= QUALITY_THRESHOLD, score), 4),
+        "reasons_macro_f1": round(float(np.mean(vals)), 4) if vals else float("nan"),
+        "reasons_f1": {k: (None if np.isnan(v) else round(float(v), 3)) for k, v in per.items()},
+        "n_frames": len(rows),
+        "diagnostic_fraction": round(float((tq >= QUALITY_THRESHOLD).mean()), 3),
+    }
+
+
+def guidance_top1(out: dict) -> dict:
+    rows = out["rows"]
+    pred = np.array([r["g"].action for r in rows])
+    truth = np.array([r["truth"]["action"] for r in rows])
+    conf = np.array([r["g"].confidence for r in rows])
+    ok = pred == truth
+    return {"top1": round(float(ok.mean()), 4), "mean_confidence": round(float(conf.mean()), 4),
+            "top1_by_action": {a: round(float(ok[truth == a].mean()), 3) for a in ACTIONS if (truth == a).any()}}
+
+
+def interpreter_metrics(out: dict) -> dict:
+    """Findings macro-F1 / size MAE as training/interpreter.py defines them,
+    on frames with truth quality >= threshold (where the interpreter is
+    meant to speak), from the ONNX outputs and the manifest's decode."""
+    rows = out["rows"]
+    tq = np.array([r["truth"]["quality"] for r in rows])
+    low = tq < QUALITY_THRESHOLD
+    abstain = np.array([r["abstained"] for r in rows])
+    res = {"abstain_correct": round(float(abstain[low].mean()), 4) if low.any() else float("nan"),
+           "abstain_on_diagnostic": round(float(abstain[~low].mean()), 4) if (~low).any() else float("nan")}
+    good = [r for r in rows if r["truth"]["quality"] >= QUALITY_THRESHOLD]
+    if not good:
+        return res
+    dec = out["decode"]
+    temp = float(dec.get("temperature", 1.0))
+    s_thr = float(dec.get("structure_threshold", 0.5))
+    l_thr = float(dec.get("lesion_threshold", 0.5))
+    terms: dict[str, float] = {}
+    st_t = np.array([[s in r["truth"]["findings"]["structures"] for s in STRUCTURES] for r in good])
+    st_p = np.array([_sigmoid(r["raw"]["structures"] / temp) >= s_thr for r in good])
+    for j, name in enumerate(STRUCTURES):
+        v = f1_binary(st_t[:, j], st_p[:, j])
+        if not np.isnan(v):
+            terms[f"structure/{name}"] = v
+    les_t = np.array([bool(r["truth"]["findings"]["lesion_present"]) for r in good])
+    les_p = np.array([float(_sigmoid(r["raw"]["lesion"][0] / temp)) >= l_thr for r in good])
+    v = f1_binary(les_t, les_p)
+    if not np.isnan(v):
+        terms["lesion"] = v
+    lesion_rows = [r for r in good if r["truth"]["findings"]["lesion_present"]]
+    for role, key, names in (("echogenicity", "echogenicity", ECHOGENICITY), ("margins", "margins", MARGINS),
+                             ("location", "location", LOCATIONS)):
+        yt = [names.index(r["truth"]["findings"][key]) for r in lesion_rows if r["truth"]["findings"][key] in names]
+        yp = [int(np.argmax(r["raw"][role])) for r in lesion_rows if r["truth"]["findings"][key] in names]
+        if yt:
+            terms[key] = macro_f1_multiclass(yt, yp, len(names))
+    errs = []
+    for r in lesion_rows:
+        size = r["truth"]["findings"]["size_mm"]
+        if size is None or r["mm"] is None:
+            continue
+        errs.append(abs(float(r["raw"]["size"][0]) * out["input_h"] * r["mm"][0] - float(size)))
+    res.update({
+        "findings_macro_f1": round(float(np.mean(list(terms.values()))), 4) if terms else float("nan"),
+        "size_mae_mm": round(float(np.mean(errs)), 3) if errs else float("nan"),
+        "f1": {k: round(float(v), 3) for k, v in terms.items()},
+        "n_frames": len(good), "n_lesion_frames": len(lesion_rows),
+    })
+    return res
+
+
+def frame_metrics(heads: HeadSet, frames, desc: str = "frames") -> dict:
+    out = frame_outputs(heads, frames, desc)
+    out["decode"] = heads.heads["interpreter"].spec.decode
+    return {"quality": quality_metrics(out), "guidance": guidance_top1(out), "interpreter": interpreter_metrics(out)}
+
+
+# -- closed loop --------------------------------------------------------------------------------------
+
+
+def closed_loop(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, max_moves: int = MAX_MOVES, rng_seed: int = RNG_SEED,
+                desc: str = "closed loop") -> dict:
+    """A simulated operator follows the raw guidance from a random start."""
+    from edge_assist.sim.patient import VirtualPatient
+
+    pre = _preprocessor(heads)
+    g_frames = heads.frames_for("guidance")
+    episodes = [(p, s) for s in seeds for p in presets]
+    results = []
+    visited_ok = visited_n = 0
+    for k, (preset, seed) in enumerate(progress(episodes, desc=desc)):
+        vp = VirtualPatient(preset, seed, live_speckle=True)
+        vp.randomize_pose(np.random.default_rng([rng_seed, seed, k]))
+        pre.reset()
+        history: list[np.ndarray] = []
+        moves, success = 0, False
+        while True:
+            image, truth = vp.render()
+            if truth["at_target"] and truth["quality"] >= QUALITY_THRESHOLD:
+                success = True
+                break
+            if moves >= max_moves:
+                break
+            prep = pre(Frame(image, moves, 0, region=vp.region))
+            history = (history + [prep.tensor])[-g_frames:]
+            x = np.concatenate([history[0]] * (g_frames - len(history)) + history, axis=1) if g_frames > 1 else prep.tensor
+            action = heads.guidance(x).action
+            visited_ok += action == truth["action"]
+            visited_n += 1
+            vp.move(action)
+            moves += 1
+        results.append({"preset": preset, "seed": seed, "success": success, "moves": moves,
+                        "final_error": vp.pose_error()["total"]})
+    succ = np.array([r["success"] for r in results])
+    moves = np.array([r["moves"] for r in results])
+    return {
+        "closed_loop_success": round(float(succ.mean()), 4),
+        "median_moves": float(np.median(moves[succ])) if succ.any() else float("nan"),
+        "episodes": len(results),
+        "success_by_preset": {p: round(float(succ[[r["preset"] == p for r in results]].mean()), 3) for p in presets},
+        "top1_on_visited": round(visited_ok / max(visited_n, 1), 4),
+    }
+
+
+def expert_closed_loop(seeds, presets=EXAM_PRESETS, max_moves: int = MAX_MOVES, rng_seed: int = RNG_SEED, refined: bool = True) -> float:
+    """The same loop driven by the simulator's policy (a reference ceiling)."""
+    from edge_assist.sim.patient import VirtualPatient
+
+    ok = []
+    for k, (preset, seed) in enumerate([(p, s) for s in seeds for p in presets]):
+        vp = VirtualPatient(preset, seed, live_speckle=True)
+        vp.randomize_pose(np.random.default_rng([rng_seed, seed, k]))
+        success = False
+        for moves in range(max_moves + 1):
+            _, truth = vp.render()
+            if truth["at_target"] and truth["quality"] >= QUALITY_THRESHOLD:
+                success = True
+                break
+            vp.move(expert_action(vp, truth) if refined else vp.optimal_action())
+        ok.append(success)
+    return float(np.mean(ok))
+
+
+# -- real frames and latency ------------------------------------------------------------------------------
+
+
+def real_frames(heads: HeadSet, n_frames: int = 8) -> dict:
+    """Median quality score over the first frames of pydicom's ultrasound examples."""
+    from pydicom.data import get_testdata_file
+
+    from edge_assist.errors import EndOfStream
+    from edge_assist.sources import open_source
+
+    out = {}
+    for name in REAL_EXAMPLES:
+        path = get_testdata_file(name)
+        if path is None:
+            continue
+        pre = _preprocessor(heads)
+        scores = []
+        with open_source(f"dicom:{path}", every_frame=True) as src:
+            while len(scores) < n_frames:
+                try:
+                    frame = src.read(timeout_s=5.0)
+                except EndOfStream:
+                    break
+                if frame is None:
+                    break
+                scores.append(heads.quality(pre(frame).tensor).score)
+        out[name.removesuffix(".dcm")] = round(float(np.median(scores)), 4) if scores else None
+    vals = {k: v for k, v in out.items() if v is not None}
+    out["palette_lowest"] = bool(vals) and min(vals, key=vals.get) == "examples_palette"
+    return out
+
+
+def latency(heads: HeadSet, iters: int = 300, warmup: int = 30) -> dict:
+    """Per-head inference time (median, p99 ms), heads interleaved so that
+    machine noise hits them alike."""
+    rng = np.random.default_rng(0)
+    h, w = heads.input_size
+    names = list(heads.heads)
+    feeds = {n: rng.normal(0, 1, heads.heads[n].spec.input_shape).astype(np.float32) for n in names}
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for i in range(warmup + iters):
+        for n in names:
+            t0 = time.perf_counter_ns()
+            heads.heads[n].run(feeds[n])
+            dt = (time.perf_counter_ns() - t0) / 1e6
+            if i >= warmup:
+                times[n].append(dt)
+    return {n: {"p50": round(float(np.median(v)), 4), "p99": round(float(np.percentile(v, 99)), 4)} for n, v in times.items()}
+
+
+# -- the whole evaluation ----------------------------------------------------------------------------------
+
+
+def evaluate(engines: Path | None = None, *, quick: bool = False, backend: str = "ort", threads: int = 1,
+             int8: bool = True, size: EvalSize | None = None) -> dict:
+    t0 = time.perf_counter()
+    size = size or (QUICK if quick else FULL)
+    manifest = load_manifest(engines)
+    frames = held_out_frames(size)
+    loop_seeds = list(EVAL_SEEDS)[1000 : 1000 + size.loop_seeds]  # other held-out patients than the frames'
+    result: dict = {}
+    with HeadSet(manifest, backend=backend, precision="fp32", threads=threads) as heads:
+        fm = frame_metrics(heads, frames, "eval frames")
+        cl = closed_loop(heads, loop_seeds)
+        result["quality"] = fm["quality"]
+        result["guidance"] = {"top1": fm["guidance"]["top1"], **cl, "top1_by_action": fm["guidance"]["top1_by_action"]}
+        result["interpreter"] = fm["interpreter"]
+        result["real_frames"] = real_frames(heads, size.real_frames)
+        result["latency_ms"] = latency(heads, size.latency_iters)
+    with_int8 = [n for n, s in manifest.heads.items() if s.int8_path is not None]
+    result["int8"] = {}
+    if int8 and with_int8:
+        with HeadSet(manifest, backend=backend, precision="int8", threads=threads) as heads:
+            fm8 = frame_metrics(heads, frames, "eval frames (int8)")
+            if "quality" in with_int8:
+                result["int8"]["quality"] = fm8["quality"]
+            if "guidance" in with_int8:
+                result["int8"]["guidance"] = {"top1": fm8["guidance"]["top1"], **closed_loop(heads, loop_seeds, desc="closed loop (int8)")}
+            if "interpreter" in with_int8 or "quality" in with_int8:  # abstention follows the quality head
+                result["int8"]["interpreter"] = fm8["interpreter"]
+            result["int8"]["latency_ms"] = {n: v for n, v in latency(heads, size.latency_iters).items() if n in with_int8}
+    result["setup"] = {
+        "quick": quick, "backend": backend, "threads": threads,
+        "frames": len(frames), "frame_patients": f"{size.frame_seeds} per preset (seeds {EVAL_SEEDS.start}+)",
+        "loop_patients": f"{len(loop_seeds)} per preset (seeds {loop_seeds[0] if loop_seeds else '-'}+)",
+        "max_moves": MAX_MOVES, "seconds": round(time.perf_counter() - t0, 1),
+    }
+    return result
+
+
+def summary_lines(r: dict) -> list[str]:
+    q, g, i = r.get("quality", {}), r.get("guidance", {}), r.get("interpreter", {})
+    lines = [
+        f"quality:     spearman {q.get('spearman')}  auroc {q.get('auroc')}  reasons macro-F1 {q.get('reasons_macro_f1')}",
+        f"guidance:    top-1 {g.get('top1')}  closed-loop success {g.get('closed_loop_success')} "
+        f"({g.get('episodes')} episodes, median {g.get('median_moves')} moves)",
+        f"interpreter: findings macro-F1 {i.get('findings_macro_f1')}  size MAE {i.get('size_mae_mm')} mm  "
+        f"abstains on {i.get('abstain_correct')} of low-quality frames",
+    ]
+    for head, v in (r.get("int8") or {}).items():
+        if head != "latency_ms":
+            lines.append(f"int8 {head}: " + ", ".join(f"{k} {x}" for k, x in v.items() if not isinstance(x, dict)))
+    rf = r.get("real_frames") or {}
+    lines.append("real frames: " + ", ".join(f"{k} {v}" for k, v in rf.items()))
+    lat = r.get("latency_ms") or {}
+    lines.append("latency (ORT ms, p50/p99): " + ", ".join(f"{k} {v['p50']}/{v['p99']}" for k, v in lat.items()))
+    return lines

@@ -1,0 +1,508 @@
+"""`edge-assist train all` (what `make models` runs): simulator data ->
+quality, guidance (DAgger), teacher, interpreter -> ONNX export -> INT8
+calibration -> held-out evaluation -> metrics in the manifest and model card.
+
+Data are rendered by the virtual patient and put through the run-time
+preprocessing exactly as the live simulator source delivers frames (full
+image region with the fan mask and its pixel spacing), then cached under
+data/ as compressed arrays keyed by every setting and by the simulator's own
+source code, so a changed simulator never reuses stale frames.
+
+Seeds: patients for training, validation, calibration and evaluation come
+from disjoint ranges (common.py); every random draw is seeded.
+
+Importing this module does not import torch; the training steps do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from edge_assist.frames import Frame
+from edge_assist.preprocess import Preprocessor
+from edge_assist.training.common import (
+    DEFAULT_SEED, EXAM_PRESETS, TRAIN_SEEDS, VAL_SEEDS, TrainingError, expert_action, log, progress, sim_region,
+)
+from edge_assist.training.data import INPUT_SIZE, MEAN, STD, ArrayDataset, encode_labels, normalise
+from edge_assist.vocab import ACTIONS, QUALITY_THRESHOLD
+
+CACHE_VERSION = 2
+LABEL_KEYS = ("quality", "reasons", "action", "findings")
+
+
+# -- plans ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes and epochs of one `train all` run."""
+
+    train_seeds: int = 200  # patients per preset
+    val_seeds: int = 20
+    frames_per_seed: int = 12  # artefact-scenario frames per patient (sim.dataset.generate)
+    rollout_episodes: int = 2  # round-0 guidance episodes per patient
+    dagger_episodes: int = 1  # episodes per patient in each DAgger round
+    dagger_rounds: int = 1  # rounds after the noisy-expert round
+    rollout_eps: float = 0.25  # round 0: probability of a random move instead of the expert's
+    dagger_beta: float = 0.3  # later rounds: probability the expert's move is executed instead of the policy's
+    max_moves: int = 40
+    quality_epochs: int = 6
+    guidance_epochs: int = 6  # per round
+    teacher_epochs: int = 6
+    interpreter_epochs: int = 10
+    batch_size: int = 64
+    calib_val_seeds: int = 12  # validation patients per preset for the INT8 keep/drop decision
+    eval_quick: bool = False
+
+
+PLANS = {
+    "full": Plan(),
+    # seconds, for tests and for trying the command out
+    "tiny": Plan(train_seeds=2, val_seeds=1, frames_per_seed=4, rollout_episodes=1, dagger_episodes=1, dagger_rounds=1, max_moves=6,
+                 quality_epochs=1, guidance_epochs=1, teacher_epochs=1, interpreter_epochs=1, batch_size=16, calib_val_seeds=1,
+                 eval_quick=True),
+}
+
+
+def sim_code_hash() -> str:
+    """Content hash of the simulator's source: part of every cache key."""
+    import edge_assist.sim as sim_pkg
+
+    h = hashlib.sha1()
+    for p in sorted(Path(sim_pkg.__file__).parent.glob("*.py")):
+        h.update(p.name.encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()[:12]
+
+
+# -- frames -> rows -> ArrayDataset -------------------------------------------------------------
+
+
+def prepare(pre: Preprocessor, image: np.ndarray, truth: dict, region=None):
+    pre.reset()
+    return pre(Frame(image, 0, 0, region=region if region is not None else sim_region(truth, image.shape)))
+
+
+def row_from(prep, truth: dict, action: str | None = None) -> dict:
+    labels = {k: truth[k] for k in LABEL_KEYS}
+    if action is not None:
+        labels["action"] = action
+    mm = prep.mm_per_px
+    return {
+        "image": prep.image,
+        "labels": labels,
+        "mm": mm,
+        "report": truth.get("report_en"),
+        "report_zh": truth.get("report_zh"),
+        "meta": {
+            "preset": truth["preset"], "seed": truth["seed"], "scenario": truth.get("scenario"),
+            "at_target": bool(truth["at_target"]), "sim_action": truth["action"], "pose_error": truth["pose_error"],
+        },
+    }
+
+
+def rows_to_dataset(rows: list[dict]) -> ArrayDataset:
+    n = len(rows)
+    h, w = INPUT_SIZE
+    enc = [encode_labels(r["labels"], r["mm"][0] if r["mm"] else None, h) for r in rows]
+    col = lambda k, dt: np.array([e[k] for e in enc], dtype=dt)  # noqa: E731
+    mm = np.array([r["mm"] if r["mm"] else (np.nan, np.nan) for r in rows], np.float32).reshape(n, 2)
+    return ArrayDataset(
+        images=np.stack([r["image"] for r in rows]).astype(np.uint8) if n else np.zeros((0, h, w), np.uint8),
+        quality=col("quality", np.float32), reasons=np.stack([e["reasons"] for e in enc]).astype(np.float32),
+        action=col("action", np.int64), structures=np.stack([e["structures"] for e in enc]).astype(np.float32),
+        lesion=col("lesion", np.float32), size_frac=col("size_frac", np.float32), echo=col("echo", np.int64),
+        margins=col("margins", np.int64), location=col("location", np.int64),
+        reports=[r["report"] for r in rows], reports_zh=[r["report_zh"] for r in rows], mm_per_px=mm,
+        meta=[r["meta"] for r in rows],
+    )
+
+
+def concat(*parts: ArrayDataset) -> ArrayDataset:
+    parts = [p for p in parts if p is not None and len(p)]
+    cat = lambda name: np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
+    return ArrayDataset(
+        cat("images"), cat("quality"), cat("reasons"), cat("action"), cat("structures"), cat("lesion"), cat("size_frac"),
+        cat("echo"), cat("margins"), cat("location"), sum((p.reports for p in parts), []),
+        sum((p.reports_zh for p in parts), []), cat("mm_per_px"), sum((p.meta for p in parts), []),
+    )
+
+
+ARRAY_FIELDS = ("images", "quality", "reasons", "action", "structures", "lesion", "size_frac", "echo", "margins", "location", "mm_per_px")
+
+
+def save_arrays(ds: ArrayDataset, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(
+        tmp, **{k: getattr(ds, k) for k in ARRAY_FIELDS},
+        texts=np.array(json.dumps({"reports": ds.reports, "reports_zh": ds.reports_zh, "meta": ds.meta}, ensure_ascii=False)),
+    )
+    os.replace(tmp, path)
+
+
+def load_arrays(path: Path) -> ArrayDataset:
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in ARRAY_FIELDS}
+        texts = json.loads(str(z["texts"]))
+    return ArrayDataset(**arrays, reports=texts["reports"], reports_zh=texts["reports_zh"], meta=texts["meta"])
+
+
+# -- the two kinds of simulator data -------------------------------------------------------------
+
+
+def _frames_job(job) -> list[dict]:
+    """Artefact scenarios (sim.dataset.generate) for a chunk of patients."""
+    from edge_assist.sim.dataset import generate
+
+    presets, seeds, frames_per_seed, rng_seed = job
+    pre = Preprocessor(size=INPUT_SIZE, mean=MEAN, std=STD)
+    rows = []
+    for image, truth in generate(list(presets), seeds, frames_per_seed, rng_seed):
+        rows.append(row_from(prepare(pre, image, truth), truth))
+    return rows
+
+
+class OnnxPolicy:
+    """The guidance model as the run time sees it (ONNX Runtime, one thread)."""
+
+    def __init__(self, path: str, frames: int = 1):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        self.name = self.sess.get_inputs()[0].name
+
+    def __call__(self, tensor: np.ndarray) -> str:
+        logits = self.sess.run(None, {self.name: tensor})[0]
+        return ACTIONS[int(np.argmax(logits))]
+
+
+def _rollout_job(job) -> list[dict]:
+    """Guidance episodes from random starting poses. Every visited frame is
+    labelled with the (refined) expert's action; the move executed is the
+    expert's with random slips (round 0) or the current policy's with some
+    expert moves mixed in (DAgger), so the data follow the states an
+    operator reaches by following the hints."""
+    from edge_assist.sim.patient import VirtualPatient
+
+    presets, seeds, episodes, rng_seed, policy_path, beta, eps, max_moves = job
+    rng = np.random.default_rng(rng_seed)
+    policy = OnnxPolicy(policy_path) if policy_path else None
+    pre = Preprocessor(size=INPUT_SIZE, mean=MEAN, std=STD)
+    rows = []
+    for seed in seeds:
+        for preset in presets:
+            vp = VirtualPatient(preset, seed, live_speckle=True)
+            for _ in range(episodes):
+                vp.clear_degradations()
+                vp.randomize_pose(rng, spread=float(rng.choice([0.5, 1.0, 1.0, 1.25])))
+                pre.reset()
+                extra_holds = int(rng.integers(1, 4))
+                for step in range(max_moves + 1):
+                    image, truth = vp.render()
+                    prep = pre(Frame(image, step, 0, region=vp.region))  # what the live sim source attaches
+                    label = expert_action(vp, truth)
+                    rows.append(row_from(prep, truth, label))
+                    if truth["at_target"] and truth["quality"] >= QUALITY_THRESHOLD:
+                        extra_holds -= 1
+                        if extra_holds < 0:
+                            break
+                    if policy is None:
+                        act = label if rng.random() >= eps else str(rng.choice(ACTIONS[:-1]))
+                    else:
+                        act = label if rng.random() < beta else policy(prep.tensor)
+                    vp.move(act)
+    return rows
+
+
+def _chunks(seeds: list[int], size: int) -> list[list[int]]:
+    return [seeds[i : i + size] for i in range(0, len(seeds), size)]
+
+
+def _run_jobs(fn, jobs: list, workers: int, desc: str) -> list[dict]:
+    rows: list[dict] = []
+    bar = progress(total=len(jobs), desc=desc)
+    if workers <= 1 or len(jobs) == 1:
+        for j in jobs:
+            rows += fn(j)
+            bar.update(1)
+    else:
+        ctx = mp.get_context("fork" if hasattr(os, "fork") else "spawn")
+        with ctx.Pool(workers) as pool:
+            for part in pool.imap(fn, jobs):  # ordered: the result does not depend on the worker count
+                rows += part
+                bar.update(1)
+    bar.close()
+    return rows
+
+
+def _cached(name: str, key: dict, data_dir: Path, build) -> ArrayDataset:
+    key = {**key, "cache_version": CACHE_VERSION, "sim": sim_code_hash()}
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+    path = Path(data_dir) / f"{name}-{digest}.npz"
+    if path.is_file():
+        log(f"data: {path} (cached)")
+        return load_arrays(path)
+    t0 = time.perf_counter()
+    ds = build()
+    save_arrays(ds, path)
+    (path.with_suffix(".json")).write_text(json.dumps(key, indent=2))
+    log(f"data: wrote {path} ({len(ds)} frames, {time.perf_counter() - t0:.0f} s)")
+    return ds
+
+
+def sim_frames(seeds, frames_per_seed: int, rng_seed: int, data_dir: Path, *, presets=EXAM_PRESETS, workers: int = 2,
+               name: str = "frames") -> ArrayDataset:
+    seeds = list(seeds)
+    key = {"kind": "frames", "presets": list(presets), "seeds": [seeds[0], seeds[-1], len(seeds)], "fps": frames_per_seed, "rng": rng_seed}
+
+    def build():
+        jobs = [(tuple(presets), c, frames_per_seed, rng_seed * 100_003 + c[0]) for c in _chunks(seeds, 4)]
+        return rows_to_dataset(_run_jobs(_frames_job, jobs, workers, f"render {name}"))
+
+    return _cached(name, key, data_dir, build)
+
+
+def rollouts(seeds, episodes: int, rng_seed: int, data_dir: Path, *, policy_path: Path | None = None, beta: float = 0.3,
+             eps: float = 0.25, max_moves: int = 45, presets=EXAM_PRESETS, workers: int = 2, name: str = "rollouts") -> ArrayDataset:
+    seeds = list(seeds)
+    pol_hash = hashlib.sha1(Path(policy_path).read_bytes()).hexdigest()[:10] if policy_path else None
+    key = {"kind": "rollouts", "presets": list(presets), "seeds": [seeds[0], seeds[-1], len(seeds)], "episodes": episodes,
+           "rng": rng_seed, "policy": pol_hash, "beta": beta, "eps": eps, "max_moves": max_moves}
+
+    def build():
+        jobs = [(tuple(presets), c, episodes, rng_seed * 100_003 + c[0], str(policy_path) if policy_path else None, beta, eps, max_moves)
+                for c in _chunks(seeds, 4)]
+        return rows_to_dataset(_run_jobs(_rollout_job, jobs, workers, f"roll out {name}"))
+
+    return _cached(name, key, data_dir, build)
+
+
+# -- guidance targets -------------------------------------------------------------------------------
+
+
+def helpful_actions(pose_error: dict) -> list[str]:
+    """Every move that brings an out-of-tolerance component one step closer."""
+    from edge_assist.sim.patient import ACTION_EFFECT, ERROR_NAMES, TOL
+
+    if float(pose_error.get("contact", 0.0)) > 0.001:
+        return ["hold"]
+    out = []
+    for a, eff in ACTION_EFFECT.items():
+        if eff is None:
+            continue
+        comp, sign = eff
+        e = float(pose_error[ERROR_NAMES[comp]])
+        if abs(e) > TOL[comp] and e * sign < 0:
+            out.append(a)
+    return out
+
+
+def guidance_targets(ds: ArrayDataset, label_weight: float = 0.6) -> tuple[np.ndarray, np.ndarray]:
+    """Soft action targets and pose-error regression targets from the truth
+    kept in the dataset's meta: label_weight on the expert's move, the rest
+    spread over the other moves that also help (any of them makes progress
+    in the closed loop; which comes first is often not visible in one
+    frame). Pose targets: signed errors in tolerance units, clipped to +-4;
+    NaN where unknown or without contact. Frames without that truth get a
+    one-hot target and no pose target."""
+    from edge_assist.sim.patient import ERROR_NAMES, TOL
+    from edge_assist.training.models import POSE_COMPONENTS
+
+    n = len(ds)
+    soft = np.zeros((n, len(ACTIONS)), np.float32)
+    pose = np.full((n, len(POSE_COMPONENTS)), np.nan, np.float32)
+    for i in range(n):
+        a = int(ds.action[i])
+        if a < 0:
+            continue
+        pe = (ds.meta[i] or {}).get("pose_error") if ds.meta else None
+        others = [ACTIONS.index(h) for h in helpful_actions(pe) if ACTIONS.index(h) != a] if pe else []
+        if others:
+            soft[i, a] = label_weight
+            soft[i, others] = (1.0 - label_weight) / len(others)
+        else:
+            soft[i, a] = 1.0
+        if pe and float(pe.get("contact", 0.0)) < 0.5:
+            pose[i] = [np.clip(float(pe[ERROR_NAMES[k]]) / TOL[k], -4, 4) for k in POSE_COMPONENTS]
+    return soft, pose
+
+
+# -- the abstention gate ---------------------------------------------------------------------------
+
+
+def fit_quality_gate(quality_onnx: Path, val: ArrayDataset, *, max_leak: float = 0.005, floor: float = QUALITY_THRESHOLD) -> dict:
+    """The interpreter speaks only when the quality score reaches the gate.
+    Pick the lowest gate >= the quality threshold at which at most max_leak
+    of the validation frames whose truth quality is below the threshold
+    would still be interpreted."""
+    from edge_assist.training.export import ort_session
+
+    sess = ort_session(quality_onnx)
+    name = sess.get_inputs()[0].name
+    x = normalise(val.images)
+    score = np.array([float(sess.run(None, {name: x[i : i + 1]})[0].reshape(-1)[0]) for i in range(len(x))])
+    m = ~np.isnan(val.quality)
+    low, good = (val.quality < QUALITY_THRESHOLD) & m, (val.quality >= QUALITY_THRESHOLD) & m
+    gate = floor
+    for g in np.round(np.arange(floor, 0.951, 0.01), 2):
+        gate = float(g)
+        if not low.any() or (score[low] >= g).mean() <= max_leak:
+            break
+    return {
+        "gate": gate,
+        "leak_at_gate": round(float((score[low] >= gate).mean()), 4) if low.any() else 0.0,
+        "speaks_on_diagnostic": round(float((score[good] >= gate).mean()), 4) if good.any() else 0.0,
+        "n_val": int(m.sum()),
+    }
+
+
+def store_evaluation(engines: Path | None, result: dict) -> None:
+    """Write the evaluation figures into manifest.json (per head and in
+    full) and re-render MODEL_CARD.md."""
+    from edge_assist.manifest import default_engines_dir
+    from edge_assist.training.export import read_manifest_json, write_manifest
+
+    engines = Path(engines) if engines is not None else default_engines_dir()
+    raw = read_manifest_json(engines)
+    keys = {"quality": ("spearman", "auroc", "reasons_macro_f1"),
+            "guidance": ("top1", "closed_loop_success", "median_moves"),
+            "interpreter": ("findings_macro_f1", "size_mae_mm", "abstain_correct")}
+    for head, ks in keys.items():
+        h = raw["heads"][head]
+        h["metrics"] = {**h.get("metrics", {}), **{k: result.get(head, {}).get(k) for k in ks}}
+        if result.get("latency_ms", {}).get(head):
+            h["metrics"]["ort_ms_p50"] = result["latency_ms"][head]["p50"]
+        if head in (result.get("int8") or {}) and h.get("int8_file"):
+            h["metrics"]["int8"] = {k: result["int8"][head].get(k) for k in ks if k in result["int8"][head]}
+    raw["evaluation"] = result
+    write_manifest(engines, raw)
+
+
+# -- train all ---------------------------------------------------------------------------------------
+
+
+def train_all(out: Path, *, plan: Plan = PLANS["full"], work: Path = Path("data/run"), data_dir: Path = Path("data"),
+              calibration: Path = Path("calibration"), seed: int = DEFAULT_SEED, resume: bool = True, workers: int = 2,
+              run_eval: bool = True) -> dict:
+    """Everything `make models` does. Returns the evaluation result (or {})."""
+    from edge_assist.training.calibrate import CALIB_FILE, build_calibration_frames, calibrate
+    from edge_assist.training.common import write_json
+    from edge_assist.training.export import export_all, export_onnx, read_manifest_json, write_manifest
+    from edge_assist.training.interpreter import train_interpreter
+    from edge_assist.training.models import export_module
+    from edge_assist.training.teacher import train_teacher
+    from edge_assist.training.train import load_head, train_guidance, train_quality
+
+    out, work, data_dir = Path(out), Path(work), Path(data_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    times: dict[str, float] = {}
+    t_all = time.perf_counter()
+
+    def stage(name: str, t0: float) -> None:
+        times[name] = round(time.perf_counter() - t0, 1)
+        log(f"== {name}: {times[name]:.0f} s (total {time.perf_counter() - t_all:.0f} s)")
+        write_json(work / "timings.json", times)
+
+    log(f"train all: plan {asdict(plan)}, seed {seed}, out {out}, work {work}")
+    tr_seeds = list(TRAIN_SEEDS)[: plan.train_seeds]
+    va_seeds = list(VAL_SEEDS)[: plan.val_seeds]
+    bs = plan.batch_size
+
+    t0 = time.perf_counter()
+    frames_tr = sim_frames(tr_seeds, plan.frames_per_seed, seed, data_dir, workers=workers, name="frames-train")
+    frames_va = sim_frames(va_seeds, plan.frames_per_seed, seed + 1, data_dir, workers=workers, name="frames-val")
+    roll_tr = rollouts(tr_seeds, plan.rollout_episodes, seed + 2, data_dir, eps=plan.rollout_eps, max_moves=plan.max_moves,
+                       workers=workers, name="rollouts0-train")
+    roll_va = rollouts(va_seeds, plan.rollout_episodes, seed + 3, data_dir, eps=plan.rollout_eps, max_moves=plan.max_moves,
+                       workers=workers, name="rollouts0-val")
+    stage("data", t0)
+
+    t0 = time.perf_counter()
+    q_ckpt = train_quality(concat(frames_tr, roll_tr), concat(frames_va, roll_va), work / "quality", epochs=plan.quality_epochs,
+                           seed=seed, batch_size=bs, resume=resume)
+    stage("quality", t0)
+
+    t0 = time.perf_counter()
+    g_train = concat(roll_tr, frames_tr)
+    soft, pose = guidance_targets(g_train)
+    g_ckpt = train_guidance(g_train, roll_va, work / "guidance-r0", epochs=plan.guidance_epochs, seed=seed, batch_size=bs,
+                            resume=resume, soft_targets=soft, pose_targets=pose)
+    for r in range(1, plan.dagger_rounds + 1):
+        model, _ = load_head(g_ckpt)
+        policy = export_onnx(export_module("guidance", model), work / f"guidance-r{r - 1}.onnx", in_ch=int(model.cfg.in_ch),
+                             output_names=("action_logits",), head="guidance")
+        roll_r = rollouts(tr_seeds, plan.dagger_episodes, seed + 10 + r, data_dir, policy_path=policy, beta=plan.dagger_beta,
+                          max_moves=plan.max_moves, workers=workers, name=f"rollouts{r}-train")
+        g_train = concat(g_train, roll_r)
+        soft, pose = guidance_targets(g_train)
+        g_ckpt = train_guidance(g_train, roll_va, work / f"guidance-r{r}", epochs=plan.guidance_epochs, seed=seed, batch_size=bs,
+                                resume=resume, soft_targets=soft, pose_targets=pose)
+    stage("guidance", t0)
+
+    t0 = time.perf_counter()
+    t_ckpt = train_teacher(frames_tr, frames_va, work / "teacher", epochs=plan.teacher_epochs, seed=seed, batch_size=bs, resume=resume)
+    stage("teacher", t0)
+    t0 = time.perf_counter()
+    i_ckpt = train_interpreter(frames_tr, frames_va, t_ckpt, work / "interpreter", epochs=plan.interpreter_epochs, seed=seed,
+                               batch_size=bs, resume=resume)
+    stage("interpreter", t0)
+
+    t0 = time.perf_counter()
+    data_info = {
+        "simulator": f"edge_assist.sim (source hash {sim_code_hash()})",
+        "presets": list(EXAM_PRESETS),
+        "train_patients": f"{len(tr_seeds)} per preset (seeds {tr_seeds[0]}-{tr_seeds[-1]})",
+        "val_patients": f"{len(va_seeds)} per preset (seeds {va_seeds[0]}-{va_seeds[-1]})",
+        "eval_patients": "held out: seeds 50000+ (never used in training)",
+        "scenario_frames": f"{len(frames_tr)} train / {len(frames_va)} val (sim.dataset.generate: ~45 % good, one or two artefacts otherwise)",
+        "guidance_frames": f"{len(g_train)} train (trajectories: noisy expert + {plan.dagger_rounds} DAgger round(s), plus scenario frames)",
+        "seed": seed,
+        "plan": asdict(plan),
+    }
+    export_all({"quality": q_ckpt, "guidance": g_ckpt, "interpreter": i_ckpt}, out, frames_u8=frames_va.images,
+               extra={"data": data_info})
+    gate = fit_quality_gate(out / "quality.onnx", frames_va)
+    raw = read_manifest_json(out)
+    raw["heads"]["interpreter"]["decode"]["quality_threshold"] = gate["gate"]
+    raw["heads"]["interpreter"]["abstention_gate"] = gate
+    write_manifest(out, raw)
+    log(f"interpreter gate: quality >= {gate['gate']} ({gate})")
+    stage("export", t0)
+
+    t0 = time.perf_counter()
+    if not (Path(calibration) / CALIB_FILE).is_file():
+        build_calibration_frames(calibration, data_dir=data_dir, workers=workers)
+    calibrate(out, calibration, val_seeds=plan.calib_val_seeds)
+    stage("calibrate", t0)
+
+    result: dict = {}
+    if run_eval:
+        from edge_assist.training.evaluate import evaluate, summary_lines
+
+        t0 = time.perf_counter()
+        result = evaluate(out, quick=plan.eval_quick)
+        times["eval"] = round(time.perf_counter() - t0, 1)
+        raw = read_manifest_json(out)
+        raw["data"]["build_seconds"] = {**times, "total": round(time.perf_counter() - t_all, 1)}
+        write_manifest(out, raw)
+        store_evaluation(out, result)
+        write_json(work / "eval.json", result)
+        for line in summary_lines(result):
+            log(line)
+        stage("eval", t0)
+    log(f"train all: done in {time.perf_counter() - t_all:.0f} s; models in {out}")
+    return result

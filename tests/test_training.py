@@ -1,0 +1,279 @@
+"""Training, export, calibration and evaluation: tiny but real runs (seconds)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+
+from edge_assist.training.common import auroc, spearman  # noqa: E402
+from edge_assist.training.make_models import concat, rollouts, sim_frames  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def sim_data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("simdata")
+    train = sim_frames(range(0, 2), 6, 1, d, workers=1, name="t")
+    val = sim_frames(range(10_000, 10_001), 4, 2, d, workers=1, name="v")
+    roll = rollouts(range(0, 1), 1, 3, d, max_moves=8, workers=1, name="r")
+    return train, val, roll
+
+
+def _losses(ckpt: Path) -> list[float]:
+    ck = torch.load(ckpt, map_location="cpu", weights_only=False)
+    return [row["train_loss"] for row in ck["history"]]
+
+
+def test_metrics_small_cases():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert auroc([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == 1.0
+    assert auroc([0, 1, 0, 1], [0.5, 0.5, 0.5, 0.5]) == 0.5
+
+
+def test_sim_frames_follow_the_data_contract(sim_data):
+    train, val, roll = sim_data
+    assert train.images.dtype == np.uint8 and train.images.shape[1:] == (128, 128)
+    assert len(train) == 2 * 3 * 6 and not np.isnan(train.quality).any()
+    assert set(np.unique(train.action)) <= set(range(15)) and (roll.action >= 0).all()
+    assert np.isfinite(train.mm_per_px).all()  # the simulator knows its pixel spacing
+    both = concat(train, roll)
+    assert len(both) == len(train) + len(roll) and len(both.reports) == len(both)
+
+
+def test_quality_tiny_training_lowers_the_loss_and_resumes(sim_data, tmp_path):
+    from edge_assist.training.train import load_head, train_quality
+
+    train, val, _ = sim_data
+    ck = train_quality(train, val, tmp_path, epochs=6, seed=0, batch_size=8, lr=3e-3)
+    losses = _losses(ck)
+    assert len(losses) == 6 and losses[-1] < losses[0]
+    model, meta = load_head(ck)
+    assert meta["complete"] and "reason_threshold" in meta["decode"]
+    # Same data and settings: nothing to do; a lost final file is rebuilt from the last epoch's checkpoint.
+    mtime = ck.stat().st_mtime_ns
+    assert train_quality(train, val, tmp_path, epochs=6, seed=0, batch_size=8, lr=3e-3) == ck and ck.stat().st_mtime_ns == mtime
+    ck.unlink()
+    ck2 = train_quality(train, val, tmp_path, epochs=6, seed=0, batch_size=8, lr=3e-3)
+    assert _losses(ck2) == losses
+
+
+def test_guidance_tiny_training_lowers_the_loss(sim_data, tmp_path):
+    from edge_assist.training.train import train_guidance
+
+    train, val, roll = sim_data
+    ck = train_guidance(concat(roll, train), roll, tmp_path, epochs=6, seed=0, batch_size=8, lr=3e-3)
+    losses = _losses(ck)
+    assert losses[-1] < losses[0]
+    meta = torch.load(ck, map_location="cpu", weights_only=False)
+    assert meta["decode"]["temperature"] > 0
+
+
+def test_fixed_seed_gives_identical_weights(sim_data, tmp_path):
+    from edge_assist.training.train import train_quality
+
+    train, val, _ = sim_data
+    a = train_quality(train, val, tmp_path / "a", epochs=1, seed=5, batch_size=8)
+    b = train_quality(train, val, tmp_path / "b", epochs=1, seed=5, batch_size=8)
+    sa = torch.load(a, weights_only=False)["state_dict"]
+    sb = torch.load(b, weights_only=False)["state_dict"]
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_export_parity_and_manifest_entry(sim_data, tmp_path):
+    from edge_assist.training.export import PARITY_TOL, export_quality_or_guidance, parity, parity_inputs
+    from edge_assist.training.models import export_module
+    from edge_assist.training.train import load_head, train_guidance, train_quality
+
+    train, val, _ = sim_data
+    for head, fn in (("quality", train_quality), ("guidance", train_guidance)):
+        ck = fn(train, val, tmp_path / head, epochs=1, seed=0, batch_size=8)
+        entry = export_quality_or_guidance(ck, tmp_path / "engines", frames_u8=val.images)
+        path = tmp_path / "engines" / entry["file"]
+        model = onnx.load(str(path))
+        assert model.opset_import[0].version >= 17
+        assert not any(n.op_type == "BatchNormalization" for n in model.graph.node)  # folded
+        assert entry["parity_max_abs_diff"] <= PARITY_TOL
+        m, _ = load_head(ck)
+        assert parity(export_module(head, m), path, parity_inputs(1, val.images, n=4)) <= PARITY_TOL
+        assert entry["input"] == {"name": "image", "shape": [1, 1, 128, 128], "dtype": "float32", "frames": 1}
+        assert path.stat().st_size < 10e6
+
+
+def test_quality_export_outputs_a_probability(sim_data, tmp_path):
+    from edge_assist.training.export import export_quality_or_guidance, ort_session
+    from edge_assist.training.train import train_quality
+
+    train, val, _ = sim_data
+    ck = train_quality(train, val, tmp_path, epochs=1, seed=0, batch_size=8)
+    export_quality_or_guidance(ck, tmp_path / "e")
+    sess = ort_session(tmp_path / "e" / "quality.onnx")
+    x = np.random.default_rng(0).normal(0, 3, (1, 1, 128, 128)).astype(np.float32)
+    score, reasons = sess.run(None, {"image": x})
+    assert score.shape == (1, 1) and 0.0 <= float(score[0, 0]) <= 1.0 and reasons.shape == (1, 9)
+
+
+def test_calibration_produces_a_valid_qdq_model(tiny_engines_128, sim_data, tmp_path):
+    from edge_assist.training.calibrate import bench_pair, quantize
+    from edge_assist.training.export import ort_session
+
+    _, val, _ = sim_data
+    out = quantize(tiny_engines_128 / "quality.onnx", tmp_path / "q.int8.onnx", val.images)
+    model = onnx.load(str(out))
+    onnx.checker.check_model(model)
+    ops = {n.op_type for n in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    zp = [i for i in model.graph.initializer if i.name.endswith("zero_point") and i.data_type != onnx.TensorProto.INT32]  # not biases
+    # symmetric INT8 (the form TensorRT builds from): int8 zero points, all 0
+    assert zp and all(i.data_type == onnx.TensorProto.INT8 and not onnx.numpy_helper.to_array(i).any() for i in zp)
+    x = ((val.images[:1].astype(np.float32) / 255 - 0.25) / 0.25)[:, None]
+    a = ort_session(tiny_engines_128 / "quality.onnx").run(None, {"image": x})
+    b = ort_session(out).run(None, {"image": x})
+    assert np.abs(a[0] - b[0]).max() < 0.1
+    speed = bench_pair(tiny_engines_128 / "quality.onnx", out, (1, 1, 128, 128), iters=20, warmup=5)
+    assert speed["fp32_ms"] > 0 and speed["int8_ms"] > 0
+
+
+@pytest.fixture
+def tiny_engines_128(tmp_path):
+    from tiny_models import write_tiny_engines
+
+    return write_tiny_engines(tmp_path / "engines128", size=(128, 128))
+
+
+EVAL_KEYS = {
+    "quality": {"spearman", "auroc", "reasons_macro_f1"},
+    "guidance": {"top1", "closed_loop_success", "median_moves"},
+    "interpreter": {"findings_macro_f1", "size_mae_mm", "abstain_correct"},
+}
+
+
+def test_eval_quick_returns_the_keys_without_torch(tiny_engines_128):
+    code = (
+        "import json, sys\n"
+        "from edge_assist.cli import main\n"
+        f"rc = main(['eval', '--quick', '--json', '--engines', {str(tiny_engines_128)!r}])\n"
+        "assert rc == 0\n"
+        "assert 'torch' not in sys.modules, 'eval imported torch'\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    r = json.loads(p.stdout)
+    for head, keys in EVAL_KEYS.items():
+        assert keys <= set(r[head]), (head, r[head].keys())
+    assert r["guidance"]["episodes"] >= 1
+    assert set(r["real_frames"]) >= {"examples_ybr_color", "examples_rgb_color", "examples_palette", "palette_lowest"}
+    assert "int8" in r and set(r["latency_ms"]) == {"quality", "guidance", "interpreter"}
+    assert r["setup"]["seconds"] < 60
+
+
+def _ddp_worker(ctx, data, out):
+    from edge_assist.training.train import train_quality
+
+    train, val = data
+    train_quality(train, val, out, epochs=2, seed=3, batch_size=4, ctx=ctx)
+
+
+def test_ddp_two_cpu_processes_on_gloo(sim_data, tmp_path):
+    from edge_assist.training.ddp import spawn_local
+
+    train, val, _ = sim_data
+    small = (train.subset(range(16)), val.subset(range(4)))
+    spawn_local(_ddp_worker, 2, small, tmp_path)
+    ck = torch.load(tmp_path / "quality.pt", weights_only=False)
+    assert ck["complete"] and ck["run_key"]["world_size"] == 2 and len(ck["history"]) == 2
+
+
+def test_ddp_shards_cover_every_index_once():
+    from edge_assist.training.ddp import DistContext
+
+    parts = [DistContext(rank=r, world_size=3).shard(10, epoch=1, seed=0) for r in range(3)]
+    assert len({len(p) for p in parts}) == 1
+    assert set(np.concatenate(parts)) == set(range(10))
+
+
+def _run_cli(*args, cwd=None):
+    p = subprocess.run([sys.executable, "-m", "edge_assist", *args], capture_output=True, text=True, timeout=120, cwd=cwd)
+    return p.returncode, p.stdout, p.stderr
+
+
+@pytest.mark.parametrize("content, needle", [
+    ('{"image": "a.png"}\nnot json\n', ":2: not valid JSON"),
+    ('{"image": "missing.png"}\n', ":1: image missing.png not found"),
+    ('{"image": "a.png", "report": 5}\n', ":1: report must be text"),
+    ('{"image": "a.png", "labels": {"action": "jump"}}\n', ":1: unknown action"),
+])
+def test_bad_training_data_is_one_line_exit_2(tmp_path, content, needle):
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((32, 32), np.uint8))
+    (tmp_path / "manifest.jsonl").write_text(content)
+    rc, out, err = _run_cli("train", "quality", "--data", str(tmp_path), "--out", str(tmp_path / "o"))
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert rc == 2 and len(lines) == 1 and needle in lines[0] and "Traceback" not in err, err
+
+
+def test_unreadable_image_names_the_line(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"not a png")
+    (tmp_path / "manifest.jsonl").write_text('{"image": "a.png", "labels": {"quality": 0.5}}\n')
+    rc, _, err = _run_cli("train", "quality", "--data", str(tmp_path), "--out", str(tmp_path / "o"))
+    assert rc == 2 and "line 1" in err and "cannot read image" in err, err
+
+
+def test_train_cli_on_a_manifest_dataset(tmp_path):
+    """`edge-assist train quality --data DIR` on a bring-your-own manifest."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(24):
+        q = float(rng.uniform())
+        img = (rng.rayleigh(40 + 80 * q, (96, 96))).clip(0, 255).astype(np.uint8)
+        cv2.imwrite(str(tmp_path / f"{i}.png"), img)
+        lines.append(json.dumps({"image": f"{i}.png", "labels": {"quality": q, "reasons": [] if q > 0.5 else ["gain_low"]}}))
+    (tmp_path / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    rc, out, err = _run_cli("train", "quality", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--epochs", "2",
+                            "--batch-size", "8")
+    assert rc == 0, err
+    assert Path(out.strip()).name == "quality.pt" and (tmp_path / "run" / "quality.last.pt").is_file()
+
+
+def test_training_modules_stay_out_of_the_run_time_path():
+    code = "import sys, edge_assist.cli, edge_assist.pipeline, edge_assist.heads; edge_assist.cli.build_parser(); print('torch' in sys.modules)"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.stdout.strip() == "False", p.stderr
+
+
+def test_train_all_tiny_end_to_end(tmp_path):
+    """`train all --plan tiny`: data, four trainings, export, gate, INT8, eval."""
+    from edge_assist.heads import HeadSet
+    from edge_assist.manifest import load_manifest
+    from edge_assist.training.make_models import PLANS, train_all
+
+    out = tmp_path / "engines"
+    result = train_all(out, plan=PLANS["tiny"], work=tmp_path / "run", data_dir=tmp_path / "data",
+                       calibration=tmp_path / "calib", workers=1)
+    manifest = load_manifest(out)  # hashes verified
+    assert set(manifest.heads) == {"quality", "guidance", "interpreter"}
+    raw = json.loads((out / "manifest.json").read_text())
+    assert raw["heads"]["interpreter"]["decode"]["quality_threshold"] >= 0.5
+    assert "int8" in raw and set(raw["int8"]["heads"]) == {"quality", "guidance", "interpreter"}
+    for name, h in raw["heads"].items():
+        assert h["parity_max_abs_diff"] <= 1e-4
+        assert (h.get("int8_file") is not None) == raw["int8"]["heads"][name]["kept"]
+    assert (tmp_path / "calib" / "frames.npz").stat().st_size < 2e6
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "not for diagnosis" in card.lower() or "must not be used for diagnosis" in card
+    for head, keys in EVAL_KEYS.items():
+        assert keys <= set(result[head])
+    assert raw["evaluation"]["quality"]["spearman"] == result["quality"]["spearman"]
+    with HeadSet(manifest) as heads:
+        x = np.zeros((1, 1, 128, 128), np.float32)
+        assert 0.0 <= heads.quality(x).score <= 1.0
