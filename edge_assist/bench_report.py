@@ -88,6 +88,18 @@ def markdown(doc: dict) -> str:
     lines.append("Latencies in ms, after warm-up. e2e: capture time → hints ready. limit: bare session.run of the heads on the "
                  "e2e path (quality + guidance; + interpreter when it runs inside the loop), same sessions, same run, paced like the "
                  "source for live runs. overhead = e2e p50 / limit p50. Naive: every head on every frame, in order, one thread.")
+    reps = [r for r in doc["runs"] if r.get("repeats")]
+    if reps:
+        lines.append("")
+        lines.append(f"Medians over {reps[0]['repeats']['n']} repeats of each run (the table above shows the run with the median e2e p99):")
+        lines.append("")
+        lines.append("| run | e2e p50 | e2e p99 | miss | drop | fps | limit p50 | overhead | RSS growth MB | others' CPU (cores, each repeat) |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|")
+        for r in reps:
+            m = r["repeats"]["median"]
+            others = ", ".join(_f(e.get("others_cores")) for e in r["repeats"]["each"])
+            lines.append(f"| {r['run_id']} | {_f(m['e2e_p50'])} | {_f(m['e2e_p99'])} | {_pc(m['miss_rate'])} | {_pc(m['drop_rate'])} | {_f(m['fps'], 1)} "
+                         f"| {_f(m['limit_p50'])} | {_f(m['overhead_ratio'])} | {_f(m['rss_growth_mb'], 2)} | {others} |")
     head = next((r for r in doc["runs"] if r["run_id"] == doc.get("run_id") and not r.get("skipped")), None)
     if head is not None:
         lines.append("")

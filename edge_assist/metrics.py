@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from array import array
 from collections import deque
 
 import numpy as np
@@ -23,27 +24,46 @@ def summarize_ms(samples_ms) -> dict[str, float]:
 
 
 class LatencyLog:
-    """Thread-safe per-stage sample store with a short recent window for HUDs."""
+    """Thread-safe per-stage sample store with a short recent window for HUDs.
 
-    def __init__(self, recent: int = 300):
+    Samples are packed doubles (8 bytes each); past `cap` per stage the oldest
+    half is dropped, so a pipeline that runs for days keeps flat memory and
+    its percentiles describe the most recent samples.
+    """
+
+    def __init__(self, recent: int = 300, cap: int = 1 << 20):
         self._lock = threading.Lock()
-        self._stages: dict[str, list[float]] = {}
+        self._cap = cap
+        self._stages: dict[str, array] = {}
         self._recent_e2e: deque[float] = deque(maxlen=recent)
         self._recent_t_ns: deque[int] = deque(maxlen=recent)
 
+    def _append(self, stage: str, ms: float) -> None:
+        a = self._stages.get(stage)
+        if a is None:
+            a = self._stages[stage] = array("d")
+        if len(a) >= self._cap:
+            del a[: len(a) // 2]
+        a.append(ms)
+
     def add(self, stage: str, ms: float) -> None:
         with self._lock:
-            self._stages.setdefault(stage, []).append(ms)
+            self._append(stage, ms)
 
     def add_e2e(self, ms: float, t_ns: int) -> None:
         with self._lock:
-            self._stages.setdefault("e2e", []).append(ms)
+            self._append("e2e", ms)
             self._recent_e2e.append(ms)
             self._recent_t_ns.append(t_ns)
 
     def samples(self, stage: str) -> list[float]:
         with self._lock:
             return list(self._stages.get(stage, ()))
+
+    def median_of_last(self, stage: str, n: int) -> float:
+        with self._lock:
+            a = self._stages.get(stage)
+            return float(np.median(a[-n:])) if a else 0.0
 
     def stages(self) -> list[str]:
         with self._lock:

@@ -319,15 +319,16 @@ class Pipeline:
             ran = True
             lap("interpreter")
         else:
-            # Gate by the budget: start only if the result can still be fresh
-            # within this frame's budget; the worker runs beside us.
-            elapsed = _ms(time.monotonic_ns() - frame.t_capture_ns)
-            if elapsed + self._interp_p50_ms <= self.budget_ms or self._interp_p50_ms == 0.0:
-                ran = worker.submit(prep.tensor, frame.index, q, prep.mm_per_px)
             interp = worker.latest()
         hints = self.smoother.hints(frame.index, frame.t_capture_ns, q, g, interp)
         lap("hints")
         e2e = _ms(time.monotonic_ns() - frame.t_capture_ns)
+        if worker is not None and q.score >= q_thr:
+            # Submitted only once the hints are ready: a woken worker would take
+            # the GIL in the middle of this frame's hint stage. Gated by the
+            # budget: start only if its result can be fresh within this frame's.
+            if e2e + self._interp_p50_ms <= self.budget_ms or self._interp_p50_ms == 0.0:
+                ran = worker.submit(prep.tensor, frame.index, q, prep.mm_per_px)
         return FrameResult(frame, prep, hints, q, g, stages, e2e, e2e > self.budget_ms, ran)
 
     def run(self) -> dict:
@@ -371,9 +372,7 @@ class Pipeline:
                 if self.frames_processed > self.warmup_frames:
                     self.log.add("sink", sink_ms)
                 if worker is not None:
-                    s = self.log.samples("interpreter")
-                    if s:
-                        self._interp_p50_ms = float(np.median(s[-50:]))
+                    self._interp_p50_ms = self.log.median_of_last("interpreter", 50)
                     if worker.error is not None:
                         raise worker.error
                 if self.max_frames and self.frames_processed >= self.max_frames:

@@ -72,10 +72,8 @@ def test_bench_json_schema_and_consistency(tmp_path, tiny_engines, no_thread_lea
     scen = tmp_path / "tiny.toml"
     scen.write_text(SCENARIO)
     out = tmp_path / "out"
-    t0 = time.monotonic()
     rc = main(["bench", "--scenario", str(scen), "--engines", str(tiny_engines), "--json", "--out", str(out)])
     assert rc == 0
-    assert time.monotonic() - t0 < 25
     doc = json.loads(capsys.readouterr().out)
 
     # the keys the issue asks for, at the top level (the headline run)
