@@ -55,9 +55,10 @@ class Plan:
     dagger_beta: float = 0.3  # later rounds: probability the expert's move is executed instead of the policy's
     max_moves: int = 40
     quality_epochs: int = 6
-    guidance_epochs: int = 6  # per round
-    teacher_epochs: int = 6
-    interpreter_epochs: int = 10
+    guidance_epochs: int = 3  # round 0 (from scratch)
+    dagger_epochs: int = 2  # each DAgger round (fine-tunes the previous round on all data so far)
+    teacher_epochs: int = 3
+    interpreter_epochs: int = 5
     batch_size: int = 64
     calib_val_seeds: int = 12  # validation patients per preset for the INT8 keep/drop decision
     eval_quick: bool = False
@@ -67,7 +68,7 @@ PLANS = {
     "full": Plan(),
     # seconds, for tests and for trying the command out
     "tiny": Plan(train_seeds=2, val_seeds=1, frames_per_seed=4, rollout_episodes=1, dagger_episodes=1, dagger_rounds=1, max_moves=6,
-                 quality_epochs=1, guidance_epochs=1, teacher_epochs=1, interpreter_epochs=1, batch_size=16, calib_val_seeds=1,
+                 quality_epochs=1, guidance_epochs=1, dagger_epochs=1, teacher_epochs=1, interpreter_epochs=1, batch_size=16, calib_val_seeds=1,
                  eval_quick=True),
 }
 
@@ -449,8 +450,8 @@ def train_all(out: Path, *, plan: Plan = PLANS["full"], work: Path = Path("data/
                           max_moves=plan.max_moves, workers=workers, name=f"rollouts{r}-train")
         g_train = concat(g_train, roll_r)
         soft, pose = guidance_targets(g_train)
-        g_ckpt = train_guidance(g_train, roll_va, work / f"guidance-r{r}", epochs=plan.guidance_epochs, seed=seed, batch_size=bs,
-                                resume=resume, soft_targets=soft, pose_targets=pose)
+        g_ckpt = train_guidance(g_train, roll_va, work / f"guidance-r{r}", epochs=plan.dagger_epochs, seed=seed, batch_size=bs,
+                                resume=resume, soft_targets=soft, pose_targets=pose, init_from=g_ckpt, lr=1.5e-3)
     stage("guidance", t0)
 
     t0 = time.perf_counter()

@@ -144,19 +144,20 @@ def fit(
     ctx: DistContext | None = None,
     weight_decay: float = 1e-4,
     extra_meta: dict | None = None,
+    init_from: Path | None = None,
 ) -> Path:
     own_ctx = ctx is None
     ctx = ctx or DistContext.from_env()
     try:
         return _fit(head, train, val, Path(out_dir), epochs, seed, batch_size, resume, lr, loss_fn, validate, finalise,
-                    model_cfg, extras or {}, ctx, weight_decay, extra_meta or {})
+                    model_cfg, extras or {}, ctx, weight_decay, extra_meta or {}, init_from)
     finally:
         if own_ctx:
             ctx.close()
 
 
 def _fit(head, train, val, out_dir, epochs, seed, batch_size, resume, lr, loss_fn, validate, finalise, model_cfg, extras, ctx,
-         weight_decay, extra_meta) -> Path:
+         weight_decay, extra_meta, init_from) -> Path:
     if len(train) == 0:
         raise TrainingError(f"{head}: the training set is empty")
     if epochs < 1 or batch_size < 1:
@@ -167,8 +168,11 @@ def _fit(head, train, val, out_dir, epochs, seed, batch_size, resume, lr, loss_f
     out_dir.mkdir(parents=True, exist_ok=True)
     last_path, final_path = out_dir / f"{head}.last.pt", out_dir / f"{head}.pt"
     fp = fingerprint(train, np.concatenate([np.nan_to_num(v).reshape(len(train), -1) for v in extras.values()], 1) if extras else None)
+    init = torch_load(Path(init_from)) if init_from else None
     run_key = {"head": head, "data": fp, "n_val": len(val), "epochs": epochs, "seed": seed, "batch_size": batch_size, "lr": lr,
                "world_size": ctx.world_size, "model_cfg": model_cfg}
+    if init is not None:
+        run_key["init_from"] = f"{init['data']['fingerprint']}:{init.get('run_key', {}).get('epochs')}"
 
     if resume and final_path.is_file():
         ck = torch_load(final_path)
@@ -176,7 +180,9 @@ def _fit(head, train, val, out_dir, epochs, seed, batch_size, resume, lr, loss_f
             log(f"{head}: {final_path} is up to date (same data, seed and settings); skipping training", enabled=main)
             return final_path
 
-    model = build_model(head, model_cfg)
+    model = build_model(head, init["model_cfg"] if init else model_cfg)
+    if init is not None:  # fine-tune (e.g. a DAgger round continues from the previous round's weights)
+        model.load_state_dict(init["state_dict"])
     cfg_dict = model.cfg.to_dict()
     steps_per_epoch = math.ceil(math.ceil(len(train) / ctx.world_size) / batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -357,7 +363,7 @@ def _finalise_guidance(model, ds):
 def train_guidance(train: ArrayDataset, val: ArrayDataset, out_dir: Path, *, epochs: int = 12, seed: int = DEFAULT_SEED,
                    batch_size: int = 64, resume: bool = True, lr: float = 3e-3, model_cfg: dict | None = None,
                    soft_targets: np.ndarray | None = None, pose_targets: np.ndarray | None = None, smoothing: float = 0.05,
-                   pose_weight: float = 0.3, ctx: DistContext | None = None) -> Path:
+                   pose_weight: float = 0.3, init_from: Path | None = None, ctx: DistContext | None = None) -> Path:
     """Next action (15-way). Hard labels (cross-entropy with label smoothing)
     or, when given, soft targets (N, 15) that spread some mass over every move
     that helps; optionally an auxiliary regression of the pose errors (N, 7),
@@ -373,4 +379,4 @@ def train_guidance(train: ArrayDataset, val: ArrayDataset, out_dir: Path, *, epo
         extras["pose"] = pose_targets.astype(np.float32)
     return fit("guidance", train, val, out_dir, epochs=epochs, seed=seed, batch_size=batch_size, resume=resume, lr=lr,
                loss_fn=lambda out, b: guidance_loss(out, b, smoothing, pose_weight), validate=_validate_guidance,
-               finalise=_finalise_guidance, model_cfg=model_cfg, extras=extras, ctx=ctx)
+               finalise=_finalise_guidance, model_cfg=model_cfg, extras=extras, ctx=ctx, init_from=init_from)
