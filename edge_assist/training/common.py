@@ -11,7 +11,6 @@ import json
 import os
 import random
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -66,20 +65,8 @@ def progress(iterable: Iterable | None = None, *, total: int | None = None, desc
     )
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+# One atomic writer for the whole project (tmp file beside the target, fsync, rename).
+from edge_assist.record import atomic_write_bytes  # noqa: E402
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -102,6 +102,7 @@ def export_onnx(module, path: Path, *, in_ch: int, output_names, opset: int = OP
     fd, tmp_out = tempfile.mkstemp(dir=path.parent, suffix=".onnx.tmp")
     os.close(fd)
     onnx.save(model, tmp_out)
+    os.chmod(tmp_out, 0o644)  # mkstemp makes 0600; model files are shared artefacts
     os.replace(tmp_out, path)
     return path
 
