@@ -59,6 +59,17 @@ def _pc(v) -> str:
     return "–" if v is None else f"{100 * v:.2f} %"
 
 
+def _overhead(r: dict) -> str:
+    """ratio (+ms), with ∥ when the heads ran in parallel."""
+    out = _f(r.get("overhead_ratio"))
+    if r.get("overhead_ms") is not None:
+        out += f" ({r['overhead_ms']:+.2f} ms)"
+    share = r.get("heads_parallel_share")
+    if r.get("heads_parallel") and share:
+        out += f" ∥{100 * share:.0f}%"
+    return out
+
+
 def markdown(doc: dict) -> str:
     m = doc["machine"]
     lines = []
@@ -80,14 +91,16 @@ def markdown(doc: dict) -> str:
         cpu = r.get("cpu", {})
         lines.append(
             f"| {r['run_id']} | {src} | {_f(r['budget_ms'], 1)} | {_f(e['p50'])} | {_f(e['p95'])} | {_f(e['p99'])} | {_f(e['p999'])} | {_f(e['max'])} "
-            f"| {_pc(r['miss_rate'])} | {_pc(r['drop_rate'])} | {_f(r['fps'], 1)} | {_f(r['limit_ms']['p50'])} | {_f(r['overhead_ratio'])} "
+            f"| {_pc(r['miss_rate'])} | {_pc(r['drop_rate'])} | {_f(r['fps'], 1)} | {_f(r['limit_ms']['p50'])} | {_overhead(r)} "
             f"| {(_f(be.get('p50')) + ' / ' + _f(be.get('p99'))) if be else '–'} | {_pc(b.get('miss_rate')) if b else '–'} | {_f(b.get('fps'), 1) if b else '–'} "
             f"| {_f(cpu.get('process_cores'))} ({_f(cpu.get('others_cores'))}) | {_f(r['rss_mb'], 0)} ({_f(r['rss']['growth_mb'], 1)}) |"
         )
     lines.append("")
     lines.append("Latencies in ms, after warm-up. e2e: capture time → hints ready. limit: bare session.run of the heads on the "
                  "e2e path (quality + guidance; + interpreter when it runs inside the loop), same sessions, same run, paced like the "
-                 "source for live runs. overhead = e2e p50 / limit p50. Naive: every head on every frame, in order, one thread.")
+                 "source for live runs. overhead = e2e p50 / limit p50 (in brackets: e2e p50 − limit p50 in ms; ∥N% = on N % of the "
+                 "frames quality and guidance ran at the same time in two threads; the limit still runs them one after the other). "
+                 "Naive: every head on every frame, in order, one thread.")
     reps = [r for r in doc["runs"] if r.get("repeats")]
     if reps:
         lines.append("")

@@ -8,6 +8,7 @@ from edge_assist import lexicon
 from edge_assist.backends import InferenceBackend, open_backend
 from edge_assist.errors import BackendError, ManifestError
 from edge_assist.frames import Finding, GuidanceResult, InterpreterResult, QualityResult
+from edge_assist.guidance_memory import one_hot
 from edge_assist.manifest import HeadSpec, Manifest
 from edge_assist.vocab import ABSTAIN_TEXT, ABSTAIN_TEXT_ZH, QUALITY_THRESHOLD
 
@@ -31,10 +32,16 @@ class Head:
         self.backend = backend
         ins = {i.name: i for i in backend.inputs}
         want = spec.input_name
-        if want not in ins or len(backend.inputs) != 1:
+        wanted = [want] + ([spec.action_input] if spec.action_input else [])
+        if sorted(ins) != sorted(wanted):
             raise ManifestError(
                 f"{spec.path.name} does not match its manifest: it takes {[i.describe() for i in backend.inputs]}, "
-                f"the manifest says {want!r}; re-export it with `edge-assist export`"
+                f"the manifest says {wanted}; re-export it with `edge-assist export`"
+            )
+        if spec.action_input and ins[spec.action_input].shape[-1:] != (len(spec.labels.get("actions", [])),):
+            raise ManifestError(
+                f"{spec.path.name} does not match its manifest: {spec.action_input} is {ins[spec.action_input].shape}, "
+                f"one value per action expected; re-export it"
             )
         got = ins[want].shape
         if len(got) != len(spec.input_shape) or any(g is not None and g != w for g, w in zip(got, spec.input_shape)):
@@ -46,8 +53,13 @@ class Head:
         if missing:
             raise ManifestError(f"{spec.path.name} does not match its manifest: outputs {missing} are missing; re-export it")
 
-    def run(self, tensor: np.ndarray) -> dict[str, np.ndarray]:
-        raw = self.backend.infer({self.spec.input_name: tensor})
+    def run(self, tensor: np.ndarray, action: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Raw outputs by role. `action`: the previous-move one-hot of a
+        guidance head with memory (zeros when not given)."""
+        feed = {self.spec.input_name: tensor}
+        if self.spec.action_input:
+            feed[self.spec.action_input] = action if action is not None else one_hot(None)
+        raw = self.backend.infer(feed)
         return {role: raw[name] for role, name in self.spec.outputs.items()}
 
     def close(self) -> None:
@@ -154,9 +166,14 @@ class HeadSet:
         h = self.heads["quality"]
         return decode_quality(h.spec, h.run(tensor))
 
-    def guidance(self, tensor: np.ndarray) -> GuidanceResult:
+    def has_memory(self, name: str = "guidance") -> bool:
+        return self.heads[name].spec.action_input is not None
+
+    def guidance(self, tensor: np.ndarray, action: np.ndarray | None = None) -> GuidanceResult:
+        """tensor [1, frames, H, W]; action: the previous move's one-hot for a
+        head with memory (edge_assist.guidance_memory), ignored otherwise."""
         h = self.heads["guidance"]
-        return decode_guidance(h.spec, h.run(tensor))
+        return decode_guidance(h.spec, h.run(tensor, action))
 
     def interpreter(self, tensor, *, frame_index, quality, mm_per_px) -> InterpreterResult:
         h = self.heads["interpreter"]

@@ -55,6 +55,10 @@ class HeadSpec:
     sha256: str | None
     int8_sha256: str | None
     metrics: dict[str, Any] = field(default_factory=dict)
+    # Guidance with memory (edge_assist.guidance_memory): the name of the
+    # previous-move input and the live reference interval; None without.
+    action_input: str | None = None
+    memory_interval_ms: float | None = None
 
     def model_path(self, precision: str = "fp32") -> Path:
         if precision == "int8":
@@ -132,6 +136,17 @@ def load_manifest(engines_dir: str | Path | None = None, *, verify_hash: bool = 
             int8_sha256=h.get("int8_sha256"),
             metrics=dict(h.get("metrics", {})),
         )
+        mem = h.get("memory")
+        if mem is not None:
+            if name != "guidance" or not isinstance(mem, dict) or spec.frames != 2:
+                raise ManifestError(f"{where}.memory: only a guidance head with two frames may have memory; re-export it")
+            spec.action_input = str(_need(mem, "action_input", f"{where}.memory"))
+            try:
+                spec.memory_interval_ms = float(mem.get("interval_ms", 400.0))
+            except (TypeError, ValueError):
+                raise ManifestError(f"{where}.memory.interval_ms must be a number of milliseconds") from None
+            if not spec.memory_interval_ms > 0:
+                raise ManifestError(f"{where}.memory.interval_ms must be > 0")
         if spec.input_shape[-2:] != tuple(size):
             raise ManifestError(f"{where}: input shape {spec.input_shape} does not match preprocess.size {size}")
         if verify_hash:

@@ -3,12 +3,14 @@
 smoothed hints -> sinks, under a per-frame latency budget.
 
 Threads: the capture thread (reads the source), the processing loop (the
-thread that calls run()), and the interpreter worker (async mode). All three
-end before run() returns; stop() may be called from any thread.
+thread that calls run()), the head runner (parallel heads: guidance runs there
+while the loop runs quality) and the interpreter worker (async mode). All of
+them end before run() returns; stop() may be called from any thread.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -20,6 +22,7 @@ import numpy as np
 
 from edge_assist.errors import EndOfStream
 from edge_assist.frames import Frame, GuidanceResult, Hints, InterpreterResult, QualityResult
+from edge_assist.guidance_memory import DEFAULT_INTERVAL_MS, MoveMemory
 from edge_assist.heads import HeadSet
 from edge_assist.hints import HintSmoother, SmoothingConfig
 from edge_assist.metrics import LatencyLog, summarize_ms
@@ -30,6 +33,11 @@ from edge_assist.vocab import ABSTAIN_TEXT, ABSTAIN_TEXT_ZH, QUALITY_THRESHOLD
 # A new frame size is accepted once it has persisted this long (a scanner that
 # changed its output mode), until then such frames are skipped and counted.
 SIZE_CHANGE_FRAMES = 30
+
+# Adaptive parallel heads: the recent cost of each way is the median of this
+# many frames, and every PROBE_EVERY-th frame tries the way not in use.
+HEADS_WINDOW = 7
+HEADS_PROBE_EVERY = 16
 
 
 def _ms(ns: int) -> float:
@@ -89,6 +97,7 @@ class FrameResult:
     e2e_ms: float
     missed_budget: bool
     interpreter_ran: bool = False
+    heads_parallel: bool = False  # quality and guidance ran at the same time
 
 
 class Sink(Protocol):
@@ -160,6 +169,112 @@ class InterpreterWorker:
         self._thread.join()
 
 
+class HeadRunner:
+    """Runs one job at a time in its own thread beside the processing loop:
+    the loop submits guidance, runs quality itself, then collects guidance.
+
+    The hand-off uses two plain locks as binary semaphores, the cheapest
+    wake-up CPython has (a Condition adds a lock and Python-level bookkeeping
+    on both sides). An exception in the job is kept and raised by result() in
+    the loop's thread: it is never lost in this thread. Nothing spins: both
+    sides block in the kernel while they wait."""
+
+    def __init__(self, name: str = "edge-assist-heads"):
+        self._go = threading.Lock()
+        self._go.acquire()  # released by submit() (and stop())
+        self._done = threading.Lock()
+        self._done.acquire()  # released by the thread when a job is finished
+        self._job: tuple | None = None
+        self._result = None
+        self._error: BaseException | None = None
+        self._pending = False
+        self._stop = False
+        self.job_ms = 0.0  # how long the last job ran in this thread
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable, arg) -> None:
+        if self._stop:
+            raise RuntimeError("HeadRunner is stopped")
+        if self._pending:
+            raise RuntimeError("HeadRunner: collect the previous result before submitting again")
+        self._job = (fn, arg)
+        self._pending = True
+        self._go.release()
+
+    def result(self):
+        """Wait for the submitted job; its return value, or its exception raised here."""
+        if not self._pending:
+            raise RuntimeError("HeadRunner: nothing was submitted")
+        self._done.acquire()
+        self._pending = False
+        res, err = self._result, self._error
+        self._result = self._error = None
+        if err is not None:
+            raise err
+        return res
+
+    def _loop(self) -> None:
+        while True:
+            self._go.acquire()
+            if self._stop:
+                return
+            fn, arg = self._job
+            self._job = None
+            t0 = time.perf_counter_ns()
+            try:
+                self._result = fn(arg)
+            except BaseException as exc:  # raised again by result() in the loop's thread
+                self._error = exc
+            self.job_ms = _ms(time.perf_counter_ns() - t0)
+            self._done.release()
+
+    def stop(self) -> None:
+        """End the thread (after the job it is running, if any) and join it.
+        Called by the thread that submits."""
+        self._stop = True
+        try:
+            self._go.release()
+        except RuntimeError:
+            pass  # a job was submitted and not yet taken: the thread sees _stop first
+        self._thread.join()
+
+
+class HeadsChooser:
+    """Parallel or sequential heads, frame by frame, by what each costs here.
+
+    Running guidance beside quality pays off when the second core is free; when
+    other processes keep both cores busy, the second thread waits for a core
+    (and may be preempted holding the GIL), and one thread is faster. So both
+    ways are timed as the heads' time on the frame's path (parallel: quality +
+    the wait for guidance; sequential: quality + guidance): the first frames
+    alternate, then the way with the lower recent median is used, and every
+    `probe_every`-th frame tries the other one, so a change of load is seen
+    within a few seconds."""
+
+    def __init__(self, window: int = HEADS_WINDOW, probe_every: int = HEADS_PROBE_EVERY):
+        self.costs: dict[bool, deque[float]] = {True: deque(maxlen=window), False: deque(maxlen=window)}
+        self.window = window
+        self.probe_every = probe_every
+        self.n = 0
+
+    @staticmethod
+    def _median(d: deque) -> float:
+        return sorted(d)[len(d) // 2]
+
+    def choose(self) -> bool:
+        """True: run this frame's heads in parallel."""
+        self.n += 1
+        par, seq = self.costs[True], self.costs[False]
+        if len(par) < self.window or len(seq) < self.window:
+            return len(par) <= len(seq)  # alternate until both ways are measured
+        best = self._median(par) <= self._median(seq)
+        return (not best) if self.n % self.probe_every == 0 else best
+
+    def add(self, parallel: bool, ms: float) -> None:
+        self.costs[parallel].append(ms)
+
+
 class Pipeline:
     def __init__(
         self,
@@ -174,6 +289,7 @@ class Pipeline:
         smoothing: SmoothingConfig | None = None,
         on_result: Callable[[FrameResult], None] | None = None,
         warmup_frames: int = 0,
+        parallel_heads: bool | None = None,  # True / False: always / never; None: adaptive where possible
     ):
         self.source = source
         self.heads = heads
@@ -192,6 +308,13 @@ class Pipeline:
         self.smoother = HintSmoother(smoothing)
         self.on_result = on_result
         self.warmup_frames = warmup_frames
+        # Quality and guidance at the same time (guidance in a head-runner
+        # thread): forced on or off, or by default, where both heads are CPU
+        # sessions and there are cores for both, chosen frame by frame by cost.
+        self.parallel_heads = self._can_parallel() if parallel_heads is None else bool(parallel_heads)
+        self.heads_mode = ("adaptive" if parallel_heads is None else "parallel") if self.parallel_heads else "sequential"
+        self._chooser = HeadsChooser() if self.heads_mode == "adaptive" else None
+        self.frames_heads_parallel = 0  # counted frames (after warm-up) whose heads ran in parallel
         self.log = LatencyLog()
         self.slot = FrameSlot(every_frame)
         self._stop = threading.Event()
@@ -199,6 +322,10 @@ class Pipeline:
         self._capture_error: BaseException | None = None
         self._guidance_frames = heads.frames_for("guidance")
         self._history: deque[np.ndarray] = deque(maxlen=self._guidance_frames)
+        # A guidance head with memory sees the frame shown about an interval
+        # ago and the hint shown then (edge_assist.guidance_memory).
+        g_spec = heads.heads["guidance"].spec
+        self._memory = MoveMemory(g_spec.memory_interval_ms or DEFAULT_INTERVAL_MS) if g_spec.action_input else None
         self._interp_p50_ms = 0.0
         self._shape: tuple | None = None
         self._new_shape: tuple | None = None
@@ -211,6 +338,18 @@ class Pipeline:
         self.interpreter_runs = 0
         self.status = "starting"
         self.ended = False  # the source reached its end (not a stall)
+
+    def _can_parallel(self) -> bool:
+        """Quality and guidance are independent given the preprocessed tensor:
+        they may run at the same time when both are CPU sessions (ORT releases
+        the GIL in run()) and the cores this process may use hold both; not
+        with GPU backends, wrappers that do not say, or one core."""
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # pragma: no cover - not on Linux
+            cores = os.cpu_count() or 1
+        threads = [getattr(self.heads.heads[n].backend, "cpu_threads", None) for n in ("quality", "guidance")]
+        return all(isinstance(t, int) and t > 0 for t in threads) and sum(threads) <= cores
 
     # ----------------------------------------------------------------- control
     def start(self) -> "Pipeline":
@@ -280,6 +419,8 @@ class Pipeline:
             self._shape, self._new_shape, self._new_shape_count = shape, None, 0
             self.preprocessor.reset()
             self._history.clear()
+            if self._memory is not None:
+                self._memory.reset()
             return True
         return False
 
@@ -291,10 +432,23 @@ class Pipeline:
             self._history.appendleft(tensor)
         return np.concatenate(list(self._history), axis=1)
 
+    def _guidance_feed(self, prep: Prepared, t_capture_ns: int) -> tuple:
+        """What the guidance head takes for this frame: the stacked frames, and
+        with memory the reference frame and the hint shown then."""
+        if self._memory is not None:
+            return self._memory.inputs(prep.tensor, t_capture_ns)
+        return (self._guidance_input(prep.tensor),)
+
+    def _run_guidance(self, feed: tuple) -> GuidanceResult:
+        """The guidance head on one frame's feed (the only place it is called;
+        runs in the head runner's thread with parallel heads)."""
+        return self.heads.guidance(*feed)
+
     def _abstain(self, index: int) -> InterpreterResult:
         return InterpreterResult(index, True, ABSTAIN_TEXT, None, ABSTAIN_TEXT_ZH)
 
-    def _process(self, frame: Frame, t_dequeue: int, worker: InterpreterWorker | None) -> FrameResult:
+    def _process(self, frame: Frame, t_dequeue: int, worker: InterpreterWorker | None,
+                 runner: HeadRunner | None = None) -> FrameResult:
         stages: dict[str, float] = {"capture": _ms(t_dequeue - frame.t_capture_ns)}
         t = time.perf_counter_ns()
 
@@ -306,10 +460,28 @@ class Pipeline:
 
         prep = self.preprocessor(frame)
         lap("preprocess")
-        q = self.heads.quality(prep.tensor)
-        lap("quality")
-        g = self.heads.guidance(self._guidance_input(prep.tensor))
-        lap("guidance")
+        parallel = runner is not None and (self._chooser is None or self._chooser.choose())
+        if parallel:
+            # Guidance in the runner thread, quality here, at the same time.
+            # "guidance" is its own time in the runner; "guidance_wait" how
+            # long this thread then waited for it: its part of the e2e path.
+            runner.submit(self._run_guidance, self._guidance_feed(prep, frame.t_capture_ns))
+            try:
+                q = self.heads.quality(prep.tensor)
+            finally:
+                lap("quality")
+                g = runner.result()  # never leave a job behind, even when quality failed
+            lap("guidance_wait")
+            stages["guidance"] = runner.job_ms
+        else:
+            q = self.heads.quality(prep.tensor)
+            lap("quality")
+            g = self._run_guidance(self._guidance_feed(prep, frame.t_capture_ns))
+            lap("guidance")
+            if runner is not None:
+                stages["guidance_wait"] = stages["guidance"]  # in line: all of it is on the path
+        if self._chooser is not None:
+            self._chooser.add(parallel, stages["quality"] + stages["guidance_wait"])
         q_thr = float(self.heads.heads["interpreter"].spec.decode.get("quality_threshold", QUALITY_THRESHOLD))
         ran = False
         if q.score < q_thr:
@@ -321,6 +493,8 @@ class Pipeline:
         else:
             interp = worker.latest()
         hints = self.smoother.hints(frame.index, frame.t_capture_ns, q, g, interp)
+        if self._memory is not None:
+            self._memory.record(frame.t_capture_ns, prep.tensor, hints.guidance.action)
         lap("hints")
         e2e = _ms(time.monotonic_ns() - frame.t_capture_ns)
         if worker is not None and q.score >= q_thr:
@@ -329,7 +503,7 @@ class Pipeline:
             # budget: start only if its result can be fresh within this frame's.
             if e2e + self._interp_p50_ms <= self.budget_ms or self._interp_p50_ms == 0.0:
                 ran = worker.submit(prep.tensor, frame.index, q, prep.mm_per_px)
-        return FrameResult(frame, prep, hints, q, g, stages, e2e, e2e > self.budget_ms, ran)
+        return FrameResult(frame, prep, hints, q, g, stages, e2e, e2e > self.budget_ms, ran, parallel)
 
     def run(self) -> dict:
         """Process until the source ends, max_frames, or stop(). Returns the summary."""
@@ -339,9 +513,11 @@ class Pipeline:
         sys.setswitchinterval(0.0005)
         capture = threading.Thread(target=self._capture_loop, name="edge-assist-capture", daemon=True)
         worker = InterpreterWorker(self.heads, self.log) if self.interpreter_mode == "async" else None
+        runner = None
         self.status = "running"
         capture.start()
         try:
+            runner = HeadRunner() if self.parallel_heads else None
             while not self._stop.is_set():
                 frame = self.slot.get(timeout_s=0.05)
                 if frame is None:
@@ -352,12 +528,13 @@ class Pipeline:
                 if not self._frame_ok(frame):
                     self.frames_skipped += 1
                     continue
-                result = self._process(frame, t_dequeue, worker)
+                result = self._process(frame, t_dequeue, worker, runner)
                 self.frames_processed += 1
                 self.interpreter_runs += int(result.interpreter_ran)
                 if result.missed_budget and self.frames_processed > self.warmup_frames:
                     self.misses += 1
                 if self.frames_processed > self.warmup_frames:
+                    self.frames_heads_parallel += int(result.heads_parallel)
                     for name, ms in result.stages_ms.items():
                         if name != "interpreter" or worker is None:
                             self.log.add(name, ms)
@@ -381,6 +558,8 @@ class Pipeline:
             self._stop.set()
             self.slot.close()
             capture.join()
+            if runner is not None:
+                runner.stop()
             if worker is not None:
                 worker.stop()
                 self.interpreter_runs = worker.runs
@@ -414,4 +593,7 @@ class Pipeline:
             "models": self.heads.model_info(),
             "mode": "every_frame" if self.every_frame else "latest",
             "interpreter_mode": self.interpreter_mode,
+            "heads_parallel": self.parallel_heads,
+            "heads_mode": self.heads_mode,
+            "heads_parallel_share": self.frames_heads_parallel / counted if self.frames_processed > self.warmup_frames else 0.0,
         }

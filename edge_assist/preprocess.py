@@ -216,9 +216,13 @@ class Preprocessor:
         self.size = (int(size[0]), int(size[1]))  # (H, W)
         if std == 0:
             raise ValueError("std must not be 0")
-        # (img/255 - mean)/std as one multiply-add.
+        # (img/255 - mean)/std as one multiply-add in float32 ...
         self._scale = np.float32(1.0 / (255.0 * std))
         self._offset = np.float32(-mean / std)
+        # ... tabulated for the 256 grey levels: one cv2.LUT per frame gives
+        # bit-identical values to `img * scale + offset` (the same float32
+        # arithmetic, done once per level) in one pass without temporaries.
+        self._lut = np.arange(256, dtype=np.uint8) * self._scale + self._offset
         self.detect = detect
         self.warmup_frames = max(1, int(warmup_frames))
         self.reset()
@@ -301,5 +305,7 @@ class Preprocessor:
             img = cv2.bitwise_and(img, plan.mask)
         elif np.shares_memory(img, px):  # never hand out a view of the source's buffer
             img = img.copy()
-        tensor = (img * self._scale + self._offset).reshape(1, 1, oh, ow)
+        if not img.flags.c_contiguous:
+            img = np.ascontiguousarray(img)
+        tensor = cv2.LUT(img, self._lut).reshape(1, 1, oh, ow)
         return Prepared(tensor=tensor, image=img, region=plan.used, mm_per_px=plan.mm_per_px)

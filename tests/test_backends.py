@@ -54,3 +54,30 @@ def test_bad_model_file(tmp_path):
         open_backend("ort", bad)
     with pytest.raises(BackendError, match="does not exist"):
         open_backend("ort", tmp_path / "none.onnx")
+
+
+def test_feed_is_checked_once_per_signature(tiny_engines, monkeypatch):
+    """The input check runs for the first feed of each (name, dtype, shape)
+    signature; a feed that differs is checked again (and refused)."""
+    import edge_assist.backends.base as base
+
+    calls = []
+    real = base.check_feed
+    monkeypatch.setattr(base, "check_feed", lambda *a: (calls.append(1), real(*a))[1])
+    x = np.zeros((1, 1, 64, 64), np.float32)
+    with open_backend("ort", tiny_engines / "quality.onnx") as b:
+        assert b.cpu_threads == 1  # a CPU session: the pipeline may run it beside another
+        for _ in range(3):
+            b.infer({"image": x})
+        assert len(calls) == 1
+        with pytest.raises(BackendError, match="shape"):
+            b.infer({"image": np.zeros((1, 1, 32, 32), np.float32)})
+        with pytest.raises(BackendError, match="dtype"):
+            b.infer({"image": np.zeros((1, 1, 64, 64), np.float64)})
+        with pytest.raises(BackendError, match="numpy array"):
+            b.infer({"image": x.tolist()})
+        with pytest.raises(BackendError, match="unexpected"):
+            b.infer({"image": x, "extra": x})
+        assert len(calls) == 5  # every refused feed was checked
+        b.infer({"image": x})  # a refused feed does not replace the remembered good one
+        assert len(calls) == 5

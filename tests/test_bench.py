@@ -31,6 +31,10 @@ precision = "fp32"
 label = "int8"
 precision = "int8"
 
+[[variants]]
+label = "seq"
+parallel_heads = false
+
 [targets]
 e2e_p99_ms = 16.7
 miss_rate = 0.01
@@ -89,7 +93,7 @@ def test_bench_json_schema_and_consistency(tmp_path, tiny_engines, no_thread_lea
     assert doc["rss_mb"] > 0 and doc["cpu"]["process_cores"] >= 0
 
     runs = {r["run_id"]: r for r in doc["runs"]}
-    assert set(runs) == {"tiny-fp32", "tiny-int8"}
+    assert set(runs) == {"tiny-fp32", "tiny-int8", "tiny-seq"}
     assert "INT8" in runs["tiny-int8"]["skipped"]  # the tiny engines have no INT8 models
     r = runs["tiny-fp32"]
     assert doc["run_id"] == doc["headline"] == "tiny-fp32"
@@ -110,6 +114,29 @@ def test_bench_json_schema_and_consistency(tmp_path, tiny_engines, no_thread_lea
     assert r["interpreter_mode"] == "async" and r["limit_interpreter_on_path"] == 0.0
     assert lim["p50"] <= r["limit_all_ms"]["p50"]
     assert r["overhead_ratio_all"] == pytest.approx(r["e2e_ms"]["p50"] / r["limit_all_ms"]["p50"], rel=1e-3)
+
+    # parallel heads: on by default for CPU sessions when there are cores for both;
+    # the limit stays the heads back to back, overhead_ms says what the rest costs
+    import os
+
+    two = len(os.sched_getaffinity(0)) >= 2
+    assert r["heads_parallel"] is two and r["heads_mode"] == ("adaptive" if two else "sequential")
+    assert 0 <= r["heads_parallel_share"] <= 1
+    seq = runs["tiny-seq"]
+    _check_run(seq)
+    assert seq["heads_parallel"] is False and "guidance_wait" not in seq["stages_ms"]
+    assert seq["heads_mode"] == "sequential" and seq["heads_parallel_share"] == 0
+    assert "parallel_overlap" not in seq["overhead_breakdown_ms"]
+    for run in (r, seq):
+        assert run["overhead_ms"] == pytest.approx(run["e2e_ms"]["p50"] - run["limit_ms"]["p50"], abs=1e-3)
+        bd = run["overhead_breakdown_ms"]
+        parts = sum(v for k, v in bd.items() if k not in ("e2e_mean", "share", "heads_on_path"))
+        assert parts == pytest.approx(bd["e2e_mean"], abs=2e-3)  # the parts add up to the mean e2e
+    if r["heads_parallel"]:  # the part of guidance on the path, every frame (all of it when run in line)
+        assert r["stages_ms"]["guidance_wait"]["n"] == r["frames"]["counted"]
+        assert "parallel_overlap" in r["overhead_breakdown_ms"]
+    md = (out / "results.md").read_text()
+    assert "e2e p50 − limit p50" in md
 
     # the naive loop, side by side
     b = r["baseline"]
@@ -189,6 +216,7 @@ def test_bundled_scenarios_load():
         ("duration_s = 1\n", "`source`"),
         ('source = "synthetic:"\n[targets]\np42 = 1\n', "unknown target"),
         ('source = "synthetic:"\n[[variants]]\nthreads = 2\n', "needs a `label`"),
+        ('source = "synthetic:"\nparallel_heads = "yes"\n', "parallel_heads must be true or false"),
     ],
 )
 def test_bad_scenarios_are_one_line_errors(tmp_path, tiny_engines, capsys, text, words):

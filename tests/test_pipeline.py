@@ -12,7 +12,7 @@ from edge_assist.errors import EndOfStream
 from edge_assist.frames import Frame, ScanRegion
 from edge_assist.heads import HeadSet
 from edge_assist.manifest import load_manifest
-from edge_assist.pipeline import FrameSlot, Pipeline
+from edge_assist.pipeline import FrameSlot, HeadRunner, HeadsChooser, Pipeline
 from edge_assist.sources.base import FrameSource
 
 
@@ -50,15 +50,21 @@ class SyntheticSource(FrameSource):
 class SlowBackend:
     """Wraps a real backend and adds a fixed delay (a slower machine)."""
 
-    def __init__(self, inner, delay_s: float):
-        self.inner, self.delay_s = inner, delay_s
+    def __init__(self, inner, delay_s: float, fail_at: int | None = None):
+        self.inner, self.delay_s, self.fail_at = inner, delay_s, fail_at
         self.inputs, self.outputs = inner.inputs, inner.outputs
         self.calls = 0
+        self.spans: list[tuple[int, int, str]] = []  # (start ns, end ns, thread name) of each call
 
     def infer(self, feed):
         self.calls += 1
+        t0 = time.perf_counter_ns()
         time.sleep(self.delay_s)
-        return self.inner.infer(feed)
+        if self.fail_at is not None and self.calls >= self.fail_at:
+            raise RuntimeError(f"boom in call {self.calls}")
+        out = self.inner.infer(feed)
+        self.spans.append((t0, time.perf_counter_ns(), threading.current_thread().name))
+        return out
 
     def close(self):
         self.inner.close()
@@ -189,6 +195,34 @@ def test_guidance_window_stacks_frames(tmp_path):
     assert s["frames_processed"] == 6
 
 
+@pytest.mark.parametrize("parallel", [False, True])
+def test_guidance_memory_feeds_an_earlier_hint(tmp_path, parallel, no_thread_leak):
+    """A guidance head with memory gets the frame shown about an interval ago
+    and the hint shown then. The tiny model makes the move after the
+    remembered one win, so once there is a reference every raw guidance is
+    the successor of a hint shown earlier; before there is one, it is not."""
+    from tiny_models import write_tiny_engines
+
+    from edge_assist.vocab import ACTIONS
+
+    engines = write_tiny_engines(tmp_path / "e", guidance_memory=30.0)
+    seen: list[tuple[int, str, str]] = []
+    with make_heads(engines) as heads, SyntheticSource(30, fps=200, live=False) as src:
+        p = Pipeline(src, heads, every_frame=True, parallel_heads=parallel,
+                     on_result=lambda r: seen.append((r.frame.t_capture_ns, r.raw_guidance.action, r.hints.guidance.action)))
+        assert p._memory is not None and p._memory.interval_ns == 30_000_000
+        p.run()
+    t0 = seen[0][0]
+    successor = lambda a: ACTIONS[(ACTIONS.index(a) + 1) % len(ACTIONS)]  # noqa: E731
+    early = [raw for t, raw, _ in seen if t - t0 < 30_000_000]
+    assert early and all(raw == early[0] for raw in early)  # no memory yet: the image alone decides
+    later = [(t, raw) for t, raw, _ in seen if t - t0 >= 40_000_000]
+    assert later
+    for t, raw in later:
+        shown_before = {successor(h) for ts, _, h in seen if ts <= t - 30_000_000}
+        assert raw in shown_before
+
+
 def test_slot_every_frame_backpressure():
     slot = FrameSlot(every_frame=True)
     f = Frame(np.zeros((8, 8), np.uint8), 0, 0)
@@ -200,3 +234,164 @@ def test_slot_every_frame_backpressure():
     assert slot.get(1).index == 0
     t.join(2)
     assert slot.get(1).index == 1 and slot.dropped == 0
+
+
+# -- parallel heads: guidance in the head runner while the loop runs quality ----------
+
+
+def test_parallel_heads_default_follows_the_backends(tiny_engines, monkeypatch):
+    import os
+
+    with make_heads(tiny_engines) as heads:  # real ORT CPU sessions, one thread each
+        assert all(heads.heads[n].backend.cpu_threads == 1 for n in ("quality", "guidance"))
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+        p = Pipeline(SyntheticSource(1), heads)
+        assert (p.parallel_heads, p.heads_mode) == (True, "adaptive")
+        p = Pipeline(SyntheticSource(1), heads, parallel_heads=False)
+        assert (p.parallel_heads, p.heads_mode) == (False, "sequential")
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})  # one core: nothing to overlap on
+        p = Pipeline(SyntheticSource(1), heads)
+        assert (p.parallel_heads, p.heads_mode) == (False, "sequential")
+        p = Pipeline(SyntheticSource(1), heads, parallel_heads=True)
+        assert (p.parallel_heads, p.heads_mode) == (True, "parallel")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    with make_heads(tiny_engines, {"guidance": 0.001}) as heads:  # a wrapper that says nothing: sequential
+        assert Pipeline(SyntheticSource(1), heads).parallel_heads is False
+
+
+def test_parallel_heads_overlap_in_time(tiny_engines, no_thread_leak):
+    results = []
+    with make_heads(tiny_engines, {"quality": 0.03, "guidance": 0.03}) as heads, SyntheticSource(8, live=False) as src:
+        s = Pipeline(src, heads, every_frame=True, parallel_heads=True, on_result=results.append).run()
+        q, g = heads.heads["quality"].backend, heads.heads["guidance"].backend
+    assert s["heads_parallel"] is True and s["frames_processed"] == 8
+    assert s["heads_mode"] == "parallel" and s["heads_parallel_share"] == 1.0
+    assert len(q.spans) == len(g.spans) == 8
+    for (q0, q1, qt), (g0, g1, gt) in zip(q.spans, g.spans):
+        assert qt != gt and gt == "edge-assist-heads"
+        assert max(q0, g0) < min(q1, g1), "quality and guidance of one frame should run at the same time"
+    # stages: guidance is its own time in the runner, guidance_wait what the loop waited for it
+    for r in results:
+        assert r.heads_parallel
+        assert r.stages_ms["guidance"] >= 29 and 0 <= r.stages_ms["guidance_wait"] < r.stages_ms["guidance"]
+    assert set(s["stages_ms"]) >= {"quality", "guidance", "guidance_wait"}
+
+
+@pytest.mark.parametrize("frames", [1, 3])
+def test_parallel_and_sequential_heads_agree(tmp_path, frames, no_thread_leak):
+    """Every-frame, sync interpreter: the same frames give the same results
+    either way (the guidance window of stacked frames included)."""
+    from tiny_models import write_tiny_engines
+
+    engines = write_tiny_engines(tmp_path / "e", guidance_frames=frames)
+    got = {}
+    for par in (False, True):
+        res = []
+        with make_heads(engines) as heads, SyntheticSource(12, live=False) as src:
+            s = Pipeline(src, heads, every_frame=True, parallel_heads=par, on_result=res.append).run()
+        assert s["heads_parallel"] is par and s["interpreter_mode"] == "sync"
+        assert [r.frame.index for r in res] == list(range(12))
+        got[par] = [(r.raw_quality.score, r.raw_guidance.probs, r.hints.interpreter.text) for r in res]
+        assert ("guidance_wait" in s["stages_ms"]) is par
+    assert got[True] == got[False]
+
+
+def test_parallel_heads_live_mode_with_async_interpreter(tiny_engines, no_thread_leak):
+    with make_heads(tiny_engines, {"interpreter": 0.02}) as heads, SyntheticSource(40, fps=200) as src:
+        s = Pipeline(src, heads, parallel_heads=True).run()
+    assert s["heads_parallel"] is True and s["interpreter_mode"] == "async"
+    assert s["frames_in"] == s["frames_processed"] + s["frames_dropped"] + s["frames_skipped"]
+    assert s["interpreter_runs"] > 0
+
+
+def test_error_in_the_head_runner_surfaces(tiny_engines, no_thread_leak):
+    with make_heads(tiny_engines) as heads, SyntheticSource(20, live=False) as src:
+        heads.heads["guidance"].backend = SlowBackend(heads.heads["guidance"].backend, 0.0, fail_at=4)
+        pipe = Pipeline(src, heads, every_frame=True, parallel_heads=True)
+        with pytest.raises(RuntimeError, match="boom in call 4"):
+            pipe.run()
+    assert pipe.frames_processed == 3
+
+
+def test_error_in_quality_with_parallel_heads_collects_guidance(tiny_engines, no_thread_leak):
+    with make_heads(tiny_engines) as heads, SyntheticSource(20, live=False) as src:
+        heads.heads["quality"].backend = SlowBackend(heads.heads["quality"].backend, 0.0, fail_at=2)
+        heads.heads["guidance"].backend = SlowBackend(heads.heads["guidance"].backend, 0.02)
+        pipe = Pipeline(src, heads, every_frame=True, parallel_heads=True)
+        with pytest.raises(RuntimeError, match="boom in call 2"):
+            pipe.run()
+        assert heads.heads["guidance"].backend.calls == 2  # the runner finished its job before run() returned
+
+
+def test_error_in_the_head_runner_surfaces_from_a_background_pipeline(tiny_engines, no_thread_leak):
+    with make_heads(tiny_engines) as heads, SyntheticSource(None, fps=100) as src:
+        heads.heads["guidance"].backend = SlowBackend(heads.heads["guidance"].backend, 0.0, fail_at=3)
+        pipe = Pipeline(src, heads, parallel_heads=True).start()
+        pipe.join(10)
+        assert not pipe._thread.is_alive()
+        assert isinstance(pipe.error, RuntimeError) and "boom" in str(pipe.error)
+
+
+def test_head_runner_hand_off_rules(no_thread_leak):
+    r = HeadRunner()
+    try:
+        with pytest.raises(RuntimeError, match="nothing was submitted"):
+            r.result()
+        r.submit(lambda x: x * 2, 21)
+        with pytest.raises(RuntimeError, match="collect the previous result"):
+            r.submit(lambda x: x, 1)
+        assert r.result() == 42
+        r.submit(lambda x: 1 / x, 0)
+        with pytest.raises(ZeroDivisionError):
+            r.result()
+        r.submit(lambda x: x + 1, 1)  # the runner still works after an error
+        assert r.result() == 2
+        r.submit(time.sleep, 0.05)  # stop() while a job runs: it ends, then the thread
+    finally:
+        r.stop()
+    with pytest.raises(RuntimeError, match="stopped"):
+        r.submit(lambda x: x, 1)
+    r2 = HeadRunner()
+    r2.submit(lambda x: x, 1)
+    r2.stop()  # a job submitted and perhaps not yet taken: no error, no thread left
+
+
+def test_heads_chooser_measures_both_ways_then_takes_the_cheaper_and_probes():
+    c = HeadsChooser(window=3, probe_every=4)
+    cost = {True: 1.0, False: 2.0}
+    picks = []
+    for _ in range(6):  # the first frames alternate until both ways are measured
+        p = c.choose()
+        picks.append(p)
+        c.add(p, cost[p])
+    assert picks == [True, False, True, False, True, False]
+    picks = []
+    for _ in range(12):
+        p = c.choose()
+        picks.append(p)
+        c.add(p, cost[p])
+    assert picks.count(False) == 3 and all(p is False for i, p in enumerate(picks) if (i + 7) % 4 == 0)
+    cost = {True: 5.0, False: 2.0}  # the second core got busy: parallel now costs more
+    for _ in range(40):
+        p = c.choose()
+        c.add(p, cost[p])
+    picks = [c.choose() for _ in range(8)]
+    assert picks.count(True) == 2  # sequential now, parallel only on the probes
+
+
+def test_adaptive_heads_use_both_ways_and_stay_correct(tiny_engines, no_thread_leak, monkeypatch):
+    import os
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    res = []
+    with make_heads(tiny_engines) as heads, SyntheticSource(40, live=False) as src:
+        s = Pipeline(src, heads, every_frame=True, on_result=res.append).run()
+    assert s["heads_mode"] == "adaptive"
+    assert 0 < s["heads_parallel_share"] < 1  # both ways ran (alternating at first, then probes)
+    assert [r.frame.index for r in res] == list(range(40))
+    for r in res:  # guidance_wait on every frame: all of guidance when in line
+        assert (r.stages_ms["guidance_wait"] == r.stages_ms["guidance"]) is (not r.heads_parallel)
+    with make_heads(tiny_engines) as heads, SyntheticSource(40, live=False) as src:
+        ref = []
+        Pipeline(src, heads, every_frame=True, parallel_heads=False, on_result=ref.append).run()
+    assert [r.raw_guidance.probs for r in res] == [r.raw_guidance.probs for r in ref]

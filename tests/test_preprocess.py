@@ -120,6 +120,33 @@ def test_prepared_shapes_dtypes_and_normalisation():
     np.testing.assert_array_equal(out.image, want)
 
 
+@pytest.mark.parametrize("mean, std", [(0.0, 1.0), (0.25, 0.25), (0.5, 0.2), (0.485, 0.229)])
+def test_normalisation_table_is_bit_identical_to_the_arithmetic(mean, std):
+    """The per-frame cv2.LUT gives exactly `img * scale + offset` in float32
+    (training used that arithmetic), for every grey level."""
+    pre = Preprocessor(size=(16, 16), mean=mean, std=std, detect=False)
+    levels = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    want = levels * np.float32(1.0 / (255.0 * std)) + np.float32(-mean / std)
+    out = pre(Frame(levels.copy(), 0, 0))
+    assert out.tensor.dtype == np.float32 and out.tensor.flags.c_contiguous
+    np.testing.assert_array_equal(out.tensor[0, 0], want)
+    # strided and colour inputs too (the grey crop is made contiguous first)
+    rgb = np.repeat(levels[:, :, None], 3, axis=2)
+    np.testing.assert_array_equal(pre(Frame(rgb, 1, 0)).tensor[0, 0], want)
+    wide = np.zeros((16, 32), np.uint8)
+    wide[:, ::2] = levels
+    pre2 = Preprocessor(size=(16, 16), mean=mean, std=std, detect=False)
+    np.testing.assert_array_equal(pre2(Frame(wide[:, ::2], 2, 0)).tensor[0, 0], want)
+
+
+def test_each_frame_gets_its_own_tensor():
+    pre = Preprocessor(size=(32, 32), detect=False)
+    a = pre(Frame(np.full((64, 64), 10, np.uint8), 0, 0))
+    b = pre(Frame(np.full((64, 64), 200, np.uint8), 1, 0))
+    assert not np.shares_memory(a.tensor, b.tensor)
+    assert a.tensor.max() < b.tensor.min()
+
+
 def test_output_never_aliases_the_source_buffer():
     px = np.zeros((128, 128), np.uint8)
     out = Preprocessor(size=(128, 128), detect=False)(Frame(px, 0, 0))

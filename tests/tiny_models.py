@@ -16,8 +16,13 @@ from edge_assist.vocab import ACTIONS, ECHOGENICITY, LOCATIONS, MARGINS, QUALITY
 SIZE = (64, 64)
 
 
-def _model(name: str, in_ch: int, outputs: dict[str, int], rng, sigmoid: set[str] = frozenset(), bias: dict | None = None, size=SIZE):
-    """image -> conv(4, stride 4) -> relu -> global avg pool -> one Gemm per output."""
+def _model(name: str, in_ch: int, outputs: dict[str, int], rng, sigmoid: set[str] = frozenset(), bias: dict | None = None, size=SIZE,
+           action_in: int = 0):
+    """image -> conv(4, stride 4) -> relu -> global avg pool -> one Gemm per output.
+
+    action_in > 0 (guidance with memory): a second input prev_action [1, A];
+    the logits get + 20 * prev_action rolled by one, so the previous move k
+    makes move k+1 win (tests can see that the memory reaches the model)."""
     nodes, inits = [], []
     w = rng.normal(0, 0.5, size=(4, in_ch, 3, 3)).astype(np.float32)
     inits.append(numpy_helper.from_array(w, "conv_w"))
@@ -32,25 +37,35 @@ def _model(name: str, in_ch: int, outputs: dict[str, int], rng, sigmoid: set[str
         wm = rng.normal(0, 1.0, size=(4, width)).astype(np.float32)
         b = np.full((width,), (bias or {}).get(out, 0.0), dtype=np.float32)
         inits += [numpy_helper.from_array(wm, f"{out}_w"), numpy_helper.from_array(b, f"{out}_b")]
-        gemm_out = f"{out}_pre" if out in sigmoid else out
+        gemm_out = f"{out}_pre" if (out in sigmoid or action_in) else out
         nodes.append(helper.make_node("Gemm", ["f", f"{out}_w", f"{out}_b"], [gemm_out]))
+        if action_in:
+            inits.append(numpy_helper.from_array(20.0 * np.roll(np.eye(action_in, width, dtype=np.float32), 1, axis=1), f"{out}_a"))
+            nodes += [helper.make_node("MatMul", ["prev_action", f"{out}_a"], [f"{out}_mem"]),
+                      helper.make_node("Add", [gemm_out, f"{out}_mem"], [out])]
         if out in sigmoid:
             nodes.append(helper.make_node("Sigmoid", [gemm_out], [out]))
         outs.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, [1, width]))
-    graph = helper.make_graph(
-        nodes, name, [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, in_ch, *size])], outs, inits
-    )
+    inputs = [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, in_ch, *size])]
+    if action_in:
+        inputs.append(helper.make_tensor_value_info("prev_action", TensorProto.FLOAT, [1, action_in]))
+    graph = helper.make_graph(nodes, name, inputs, outs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model
 
 
-def write_tiny_engines(root: Path, *, seed: int = 0, quality_bias: float = 3.0, guidance_frames: int = 1, size=SIZE) -> Path:
+def write_tiny_engines(root: Path, *, seed: int = 0, quality_bias: float = 3.0, guidance_frames: int = 1, size=SIZE,
+                       guidance_memory: float | None = None) -> Path:
     """Write quality/guidance/interpreter ONNX models and manifest.json under root.
 
     quality_bias pushes the score towards 1 (good) or, negative, towards 0.
+    guidance_memory (ms): a guidance head with memory (two frames and the
+    previous move, edge_assist.guidance_memory) with that live interval.
     """
+    if guidance_memory:
+        guidance_frames = 2
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     specs = {
@@ -86,7 +101,8 @@ def write_tiny_engines(root: Path, *, seed: int = 0, quality_bias: float = 3.0, 
     heads = {}
     for name, (ch, outs, sig, bias) in specs.items():
         path = root / f"{name}.onnx"
-        onnx.save(_model(name, ch, outs, rng, sig, bias, size), str(path))
+        memory = name == "guidance" and bool(guidance_memory)
+        onnx.save(_model(name, ch, outs, rng, sig, bias, size, action_in=len(ACTIONS) if memory else 0), str(path))
         heads[name] = {
             "file": path.name,
             "sha256": sha256_file(path),
@@ -96,6 +112,8 @@ def write_tiny_engines(root: Path, *, seed: int = 0, quality_bias: float = 3.0, 
             "labels": labels[name],
             "decode": {"quality_threshold": 0.5} if name == "interpreter" else {},
         }
+        if memory:
+            heads[name]["memory"] = {"action_input": "prev_action", "interval_ms": float(guidance_memory)}
     manifest = {"format": 1, "preprocess": {"size": list(size), "mean": 0.5, "std": 0.25}, "heads": heads}
     (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return root

@@ -35,12 +35,24 @@ class InferenceBackend(abc.ABC):
     name: str = "?"
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
+    # CPU threads one run keeps busy when the backend computes on the CPU and
+    # may run beside another model's session (the pipeline then runs heads
+    # concurrently); None: keep its runs sequential (GPU backends, unknown).
+    cpu_threads: int | None = None
+    # The (name, dtype, shape) signature of the last feed that passed
+    # check_feed: a feed with the same signature needs no second check.
+    _checked: tuple | None = None
 
     @abc.abstractmethod
     def _run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        check_feed(self.inputs, feed, self.model_name)
+        # check_feed looks only at the names, types, dtypes and shapes: a feed
+        # with the signature of the last one that passed is checked already.
+        sig = feed_signature(feed)
+        if sig is None or sig != self._checked:
+            check_feed(self.inputs, feed, self.model_name)
+            self._checked = sig
         return self._run(feed)
 
     def close(self) -> None:  # pragma: no cover - trivial default
@@ -55,6 +67,19 @@ class InferenceBackend(abc.ABC):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def feed_signature(feed) -> tuple | None:
+    """(name, dtype, shape) of each input, in order; None when the feed is not
+    a dict of plain numpy arrays (such a feed is always checked in full)."""
+    if type(feed) is not dict:
+        return None
+    sig = []
+    for name, arr in feed.items():
+        if type(arr) is not np.ndarray:
+            return None
+        sig.append((name, arr.dtype, arr.shape))
+    return tuple(sig)
 
 
 def check_feed(specs: list[TensorSpec], feed: dict[str, np.ndarray], model: str) -> None:

@@ -86,6 +86,9 @@ class OrtBackend(InferenceBackend):
         self.outputs = [_spec(o) for o in self._session.get_outputs()]
         self._output_names = [o.name for o in self.outputs]
         self.providers = self._session.get_providers()
+        # ORT releases the GIL in run(): on the CPU provider a session can run
+        # beside another one (the pipeline's parallel heads), one core each.
+        self.cpu_threads = opts.intra_op_num_threads if self.providers[0] == "CPUExecutionProvider" else None
 
     def _run(self, feed):
         values = self._session.run(self._output_names, feed)
