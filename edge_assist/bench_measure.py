@@ -341,6 +341,9 @@ def run_naive_phase(source, heads, *, budget_ms, warmup_frames, duration_s, capa
     from edge_assist.hints import HintSmoother
     from edge_assist.preprocess import Preprocessor
 
+    from edge_assist.pipeline import precise_timers
+
+    precise_timers()  # the source is read in this thread: pace it as the pipeline's capture thread does
     pre_cfg = heads.manifest.preprocess
     pre = Preprocessor(size=heads.input_size, mean=float(pre_cfg.get("mean", 0.0)), std=float(pre_cfg.get("std", 1.0)))
     smoother = HintSmoother()

@@ -223,6 +223,19 @@ def test_guidance_memory_feeds_an_earlier_hint(tmp_path, parallel, no_thread_lea
         assert raw in shown_before
 
 
+def test_precise_timers_in_a_thread():
+    import sys
+    import threading
+
+    from edge_assist.pipeline import precise_timers
+
+    got = []
+    t = threading.Thread(target=lambda: got.append(precise_timers()))
+    t.start()
+    t.join()
+    assert got == [sys.platform.startswith("linux")]
+
+
 def test_slot_every_frame_backpressure():
     slot = FrameSlot(every_frame=True)
     f = Frame(np.zeros((8, 8), np.uint8), 0, 0)

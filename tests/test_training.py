@@ -76,6 +76,45 @@ def test_guidance_tiny_training_lowers_the_loss(sim_data, tmp_path):
     assert meta["decode"]["temperature"] > 0
 
 
+def test_guidance_with_memory_trains_exports_and_runs(sim_data, tmp_path):
+    """Frame pairs from the trajectories (the frame before each move and that
+    move), a two-input head, ONNX parity, and the run-time feed."""
+    from edge_assist.guidance_memory import memory_inputs
+    from edge_assist.heads import Head
+    from edge_assist.backends import open_backend
+    from edge_assist.manifest import HeadSpec
+    from edge_assist.training.export import PARITY_TOL, export_quality_or_guidance
+    from edge_assist.training.make_models import with_memory
+    from edge_assist.training.train import train_guidance
+    from edge_assist.vocab import ACTIONS
+
+    train, val, roll = sim_data
+    pairs, moves = with_memory(concat(roll, train))
+    assert pairs.images.shape[1:] == (2, 128, 128)
+    steps = [m["step"] for m in roll.meta]
+    assert moves[: len(roll)].sum(1).tolist() == [float(s > 0) for s in steps]  # every step but the first remembers a move
+    assert moves[len(roll):].sum() == 0 and np.array_equal(pairs.images[len(roll):, 0], pairs.images[len(roll):, 1])
+    k = steps.index(1)  # the pair of step 1: the frame of step 0 and the move made after it
+    assert np.array_equal(pairs.images[k, 0], roll.images[k - 1]) and moves[k, ACTIONS.index(roll.meta[k - 1]["executed"])] == 1
+    vp, vm = with_memory(roll)
+    ck = train_guidance(pairs, vp, tmp_path / "g", epochs=2, seed=0, batch_size=8, prev_actions=(moves, vm))
+    assert _losses(ck)[-1] < _losses(ck)[0]
+    entry = export_quality_or_guidance(ck, tmp_path / "engines", frames_u8=val.images)
+    assert entry["input"]["frames"] == 2 and entry["memory"]["action_input"] == "prev_action"
+    assert entry["parity_max_abs_diff"] <= PARITY_TOL
+    path = tmp_path / "engines" / entry["file"]
+    spec = HeadSpec("guidance", path, None, "image", (1, 2, 128, 128), "float32", 2, {"logits": "action_logits"},
+                    {"actions": list(ACTIONS)}, {}, "t", None, None, action_input="prev_action", memory_interval_ms=400.0)
+    head = Head(spec, open_backend("ort", path))
+    try:
+        x = (val.images[:1, None].astype(np.float32) / 255.0 - 0.25) / 0.25
+        a = head.run(*memory_inputs(x, x, "slide_left"))["logits"]
+        b = head.run(*memory_inputs(x, x, "fan_away"))["logits"]
+        assert a.shape == (1, len(ACTIONS)) and not np.allclose(a, b)  # the move reaches the model
+    finally:
+        head.close()
+
+
 def test_fixed_seed_gives_identical_weights(sim_data, tmp_path):
     from edge_assist.training.train import train_quality
 

@@ -29,6 +29,7 @@ import numpy as np
 from edge_assist.manifest import load_manifest, sha256_file
 from edge_assist.training.common import CALIB_SEEDS, EXAM_PRESETS, VAL_SEEDS, TrainingError, log, write_json
 from edge_assist.training.data import INPUT_SIZE, MEAN, STD
+from edge_assist.vocab import ACTIONS
 
 CALIB_FILE = "frames.npz"
 MAX_LOSS = 0.01  # one point
@@ -83,13 +84,22 @@ def load_calibration_frames(calibration_dir: Path) -> np.ndarray:
 # -- quantisation -------------------------------------------------------------------------------------
 
 
-def _reader(frames_u8: np.ndarray, input_name: str, in_ch: int, mean: float, std: float):
+def _reader(frames_u8: np.ndarray, input_name: str, in_ch: int, mean: float, std: float, action_input: str | None = None):
     from onnxruntime.quantization import CalibrationDataReader
+
+    from edge_assist.guidance_memory import one_hot
+
+    def feed(i, x):
+        f = {input_name: np.repeat(x[i : i + 1], in_ch, axis=1)}
+        if action_input:  # every move in turn, and none
+            k = i % (len(ACTIONS) + 1)
+            f[action_input] = one_hot(ACTIONS[k] if k < len(ACTIONS) else None)
+        return f
 
     class Reader(CalibrationDataReader):
         def __init__(self):
             x = ((frames_u8.astype(np.float32) / 255.0 - mean) / std)[:, None]
-            self.items = iter([{input_name: np.repeat(x[i : i + 1], in_ch, axis=1)} for i in range(len(x))])
+            self.items = iter([feed(i, x) for i in range(len(x))])
 
         def get_next(self):
             return next(self.items, None)
@@ -98,7 +108,7 @@ def _reader(frames_u8: np.ndarray, input_name: str, in_ch: int, mean: float, std
 
 
 def quantize(fp32_path: Path, int8_path: Path, frames_u8: np.ndarray, *, input_name: str = "image", in_ch: int = 1,
-             mean: float = MEAN, std: float = STD) -> Path:
+             mean: float = MEAN, std: float = STD, action_input: str | None = None) -> Path:
     """Static INT8 QDQ quantisation (symmetric, per-channel weights)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -109,7 +119,7 @@ def quantize(fp32_path: Path, int8_path: Path, frames_u8: np.ndarray, *, input_n
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
         tmp = Path(td) / "int8.onnx"
         quantize_static(
-            str(pre), str(tmp), _reader(frames_u8, input_name, in_ch, mean, std),
+            str(pre), str(tmp), _reader(frames_u8, input_name, in_ch, mean, std, action_input),
             quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
@@ -128,13 +138,15 @@ def bench_pair(fp32: Path, int8: Path, shape, iters: int = 400, warmup: int = 50
     from edge_assist.training.export import ort_session
 
     sess = {k: ort_session(p) for k, p in (("fp32", fp32), ("int8", int8))}
-    x = np.random.default_rng(0).normal(0, 1, shape).astype(np.float32)
-    names = {k: s.get_inputs()[0].name for k, s in sess.items()}
+    rng = np.random.default_rng(0)
+    # Every input at its own shape (a guidance head with memory also takes the previous move).
+    feeds = {k: {i.name: (rng.normal(0, 1, shape) if n == 0 else np.zeros([int(d) for d in i.shape])).astype(np.float32)
+                 for n, i in enumerate(s.get_inputs())} for k, s in sess.items()}
     t = {"fp32": [], "int8": []}
     for i in range(warmup + iters):
         for k, s in sess.items():
             t0 = time.perf_counter_ns()
-            s.run(None, {names[k]: x})
+            s.run(None, feeds[k])
             if i >= warmup:
                 t[k].append((time.perf_counter_ns() - t0) / 1e6)
     return {f"{k}_ms": round(float(np.median(v)), 4) for k, v in t.items()} | {
@@ -160,7 +172,7 @@ def calibrate(engines: Path, calibration_dir: Path, *, val_seeds: int = 12, fram
         spec = manifest.heads[name]
         out = engines / f"{name}.int8.onnx"
         t0 = time.perf_counter()
-        quantize(spec.path, out, frames_u8, input_name=spec.input_name, in_ch=spec.frames)
+        quantize(spec.path, out, frames_u8, input_name=spec.input_name, in_ch=spec.frames, action_input=spec.action_input)
         log(f"calibrate: {out} ({out.stat().st_size / 1e6:.2f} MB, {time.perf_counter() - t0:.1f} s)")
         cand[name] = out
     # Score FP32 and all INT8 candidates on validation patients, through the run-time path.

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_assist.frames import Frame, QualityResult
+from edge_assist.guidance_memory import memory_inputs
 from edge_assist.heads import HeadSet
 from edge_assist.manifest import load_manifest
 from edge_assist.preprocess import Preprocessor
@@ -197,6 +198,7 @@ def closed_loop(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, max_moves: int =
 
     pre = _preprocessor(heads)
     g_frames = heads.frames_for("guidance")
+    memory = heads.has_memory()
     episodes = [(p, s) for s in seeds for p in presets]
     results = []
     visited_ok = visited_n = 0
@@ -205,6 +207,7 @@ def closed_loop(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, max_moves: int =
         vp.randomize_pose(np.random.default_rng([rng_seed, seed, k]))
         pre.reset()
         history: list[np.ndarray] = []
+        reference, last_move = None, None
         moves, success = 0, False
         while True:
             image, truth = vp.render()
@@ -214,12 +217,16 @@ def closed_loop(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, max_moves: int =
             if moves >= max_moves:
                 break
             prep = pre(Frame(image, moves, 0, region=vp.region))
-            history = (history + [prep.tensor])[-g_frames:]
-            x = np.concatenate([history[0]] * (g_frames - len(history)) + history, axis=1) if g_frames > 1 else prep.tensor
-            action = heads.guidance(x).action
+            if memory:  # the frame before the last move, and that move (one move per frame here)
+                action = heads.guidance(*memory_inputs(reference, prep.tensor, last_move)).action
+            else:
+                history = (history + [prep.tensor])[-g_frames:]
+                x = np.concatenate([history[0]] * (g_frames - len(history)) + history, axis=1) if g_frames > 1 else prep.tensor
+                action = heads.guidance(x).action
             visited_ok += action == truth["action"]
             visited_n += 1
             vp.move(action)
+            reference, last_move = prep.tensor, action
             moves += 1
         results.append({"preset": preset, "seed": seed, "success": success, "moves": moves,
                         "final_error": vp.pose_error()["total"]})

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 
 from edge_assist import DISCLAIMER, __version__
+from edge_assist.guidance_memory import ACTION_INPUT as ACTION_INPUT_NAME
+from edge_assist.guidance_memory import DEFAULT_INTERVAL_MS as MEMORY_INTERVAL_MS
 from edge_assist.manifest import FORMAT, sha256_file
 from edge_assist.training.common import TrainingError, log, write_json
 from edge_assist.training.data import INPUT_SIZE, MEAN, STD
@@ -56,8 +58,8 @@ def _Tuple(m):
             super().__init__()
             self.m = inner
 
-        def forward(self, x):
-            o = self.m(x)
+        def forward(self, *inputs):
+            o = self.m(*inputs)
             if isinstance(o, dict):
                 o = tuple(o.values())
             return tuple(o) if isinstance(o, (tuple, list)) else (o,)
@@ -65,15 +67,17 @@ def _Tuple(m):
     return TupleOut(m)
 
 
-def export_onnx(module, path: Path, *, in_ch: int, output_names, opset: int = OPSET, head: str = "") -> Path:
-    """torch module -> single-file ONNX with a fixed [1, in_ch, 128, 128] input."""
+def export_onnx(module, path: Path, *, in_ch: int, output_names, opset: int = OPSET, head: str = "", action_in: int = 0) -> Path:
+    """torch module -> single-file ONNX with a fixed [1, in_ch, 128, 128] input
+    (and, for guidance with memory, a [1, action_in] previous-move input)."""
     import onnx
     import torch
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     module = _Tuple(module).eval()
-    x = torch.zeros(1, in_ch, *INPUT_SIZE)
+    args = (torch.zeros(1, in_ch, *INPUT_SIZE),) + ((torch.zeros(1, action_in),) if action_in else ())
+    input_names = [INPUT_NAME] + ([ACTION_INPUT_NAME] if action_in else [])
     import logging
     import warnings
 
@@ -83,7 +87,7 @@ def export_onnx(module, path: Path, *, in_ch: int, output_names, opset: int = OP
         tmp = Path(td) / "model.onnx"
         try:
             with torch.no_grad():
-                torch.onnx.export(module, (x,), str(tmp), input_names=[INPUT_NAME], output_names=list(output_names),
+                torch.onnx.export(module, args, str(tmp), input_names=input_names, output_names=list(output_names),
                                   opset_version=opset, dynamo=True, external_data=False, optimize=True, verbose=False)
         except Exception as exc:
             raise TrainingError(f"ONNX export of {head or path.name} failed: {exc.__class__.__name__}: {exc}") from exc
@@ -97,8 +101,8 @@ def export_onnx(module, path: Path, *, in_ch: int, output_names, opset: int = OP
     names = [o.name for o in model.graph.output]
     if names != list(output_names):
         raise TrainingError(f"{head}: exported outputs {names} differ from {list(output_names)}")
-    if [i.name for i in model.graph.input] != [INPUT_NAME]:
-        raise TrainingError(f"{head}: exported inputs {[i.name for i in model.graph.input]} differ from [{INPUT_NAME!r}]")
+    if [i.name for i in model.graph.input] != input_names:
+        raise TrainingError(f"{head}: exported inputs {[i.name for i in model.graph.input]} differ from {input_names}")
     fd, tmp_out = tempfile.mkstemp(dir=path.parent, suffix=".onnx.tmp")
     os.close(fd)
     onnx.save(model, tmp_out)
@@ -118,19 +122,20 @@ def ort_session(path: Path, threads: int = 1):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def parity(module, path: Path, inputs: np.ndarray) -> float:
-    """Max |ORT - torch| over all outputs and the given [N, C, H, W] inputs (run one by one)."""
+def parity(module, path: Path, inputs: np.ndarray, actions: np.ndarray | None = None) -> float:
+    """Max |ORT - torch| over all outputs and the given [N, C, H, W] inputs
+    (and [N, A] previous-move inputs), run one by one."""
     import torch
 
     sess = ort_session(path)
-    name = sess.get_inputs()[0].name
+    names = [i.name for i in sess.get_inputs()]
     ref = _Tuple(module).eval()
     worst = 0.0
     with torch.no_grad():
-        for x in inputs:
-            x = x[None].astype(np.float32)
-            got = sess.run(None, {name: x})
-            want = [t.numpy() for t in ref(torch.from_numpy(x))]
+        for k, x in enumerate(inputs):
+            feed = [x[None].astype(np.float32)] + ([actions[k][None].astype(np.float32)] if actions is not None else [])
+            got = sess.run(None, dict(zip(names, feed)))
+            want = [t.numpy() for t in ref(*(torch.from_numpy(f) for f in feed))]
             for g, w in zip(got, want):
                 worst = max(worst, float(np.max(np.abs(g.reshape(w.shape) - w))))
     return worst
@@ -147,8 +152,19 @@ def parity_inputs(in_ch: int, frames_u8: np.ndarray | None = None, n: int = 8, s
     return ((u8 / 255.0 - MEAN) / STD).astype(np.float32)
 
 
+def parity_actions(n: int, action_in: int, seed: int = 0) -> np.ndarray | None:
+    """One-hot previous moves for the parity check, every other one none (zeros)."""
+    if not action_in:
+        return None
+    a = np.zeros((n, action_in), np.float32)
+    rng = np.random.default_rng(seed)
+    for i in range(0, n, 2):
+        a[i, rng.integers(action_in)] = 1.0
+    return a
+
+
 def head_entry(head: str, path: Path, *, in_ch: int, decode: dict, labels: dict | None = None, version: str | None = None,
-               metrics: dict | None = None, training: dict | None = None) -> dict:
+               metrics: dict | None = None, training: dict | None = None, action_in: int = 0) -> dict:
     sha = sha256_file(path)
     entry = {
         "file": path.name,
@@ -161,6 +177,11 @@ def head_entry(head: str, path: Path, *, in_ch: int, decode: dict, labels: dict 
         "metrics": metrics or {},
         "bytes": path.stat().st_size,
     }
+    if action_in:
+        # Guidance with memory: frame 0 is the one before the previous move,
+        # frame 1 the current one; the run time keeps the frame shown about
+        # interval_ms ago and the hint shown then (edge_assist.guidance_memory).
+        entry["memory"] = {"action_input": ACTION_INPUT_NAME, "interval_ms": MEMORY_INTERVAL_MS}
     if training:
         entry["training"] = training
     return entry
@@ -175,18 +196,19 @@ def export_quality_or_guidance(ckpt: Path, out_dir: Path, frames_u8: np.ndarray 
 
     model, ck = load_head(ckpt)
     head = ck["head"]
-    in_ch = int(model.cfg.in_ch)
-    path = export_onnx(export_module(head, model), Path(out_dir) / f"{head}.onnx", in_ch=in_ch, output_names=OUTPUT_NAMES[head], head=head)
+    in_ch, action_in = int(model.cfg.in_ch), int(getattr(model.cfg, "action_in", 0))
+    path = export_onnx(export_module(head, model), Path(out_dir) / f"{head}.onnx", in_ch=in_ch, output_names=OUTPUT_NAMES[head], head=head,
+                       action_in=action_in)
     ref = export_module(head, model)  # the trained model as exported (eval mode)
-    diff = parity(ref, path, parity_inputs(in_ch, frames_u8))
+    diff = parity(ref, path, parity_inputs(in_ch, frames_u8), parity_actions(8, action_in))
     unfolded = _unfolded(head, model)
-    diff = max(diff, parity(unfolded, path, parity_inputs(in_ch, frames_u8, seed=1)))
+    diff = max(diff, parity(unfolded, path, parity_inputs(in_ch, frames_u8, seed=1), parity_actions(8, action_in, seed=1)))
     if diff > PARITY_TOL:
         raise TrainingError(f"{head}: ONNX Runtime differs from torch by {diff:.2e} (> {PARITY_TOL}); not exported")
     decode = {k: v for k, v in ck.get("decode", {}).items()}
     training = {"val": ck.get("val", {}), "data": ck.get("data", {}), "epochs": len(ck.get("history", [])),
                 "seed": ck.get("run_key", {}).get("seed")}
-    entry = head_entry(head, path, in_ch=in_ch, decode=decode, training=training)
+    entry = head_entry(head, path, in_ch=in_ch, decode=decode, training=training, action_in=action_in)
     entry["parity_max_abs_diff"] = float(f"{diff:.3g}")
     log(f"export: {path} ({path.stat().st_size / 1e6:.2f} MB, parity {diff:.1e})")
     return entry

@@ -51,6 +51,9 @@ class Plan:
     rollout_episodes: int = 2  # round-0 guidance episodes per patient
     dagger_episodes: int = 1  # episodes per patient in each DAgger round
     dagger_rounds: int = 1  # rounds after the noisy-expert round
+    # Guidance with memory (frame before the last move + that move): off for
+    # the committed head; tried and measured worse in closed loop (docs/TRAINING.md).
+    guidance_memory: bool = False
     rollout_eps: float = 0.25  # round 0: probability of a random move instead of the expert's
     dagger_beta: float = 0.3  # later rounds: probability the expert's move is executed instead of the policy's
     max_moves: int = 40
@@ -174,9 +177,11 @@ def _frames_job(job) -> list[dict]:
 
 
 class OnnxPolicy:
-    """The guidance model as the run time sees it (ONNX Runtime, one thread)."""
+    """The guidance model as the run time sees it (ONNX Runtime, one thread),
+    with memory when the model has a previous-move input: the frame before
+    the last move and that move (edge_assist.guidance_memory)."""
 
-    def __init__(self, path: str, frames: int = 1):
+    def __init__(self, path: str):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -184,10 +189,14 @@ class OnnxPolicy:
         opts.inter_op_num_threads = 1
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-        self.name = self.sess.get_inputs()[0].name
+        self.names = [i.name for i in self.sess.get_inputs()]
+        self.memory = len(self.names) == 2
 
-    def __call__(self, tensor: np.ndarray) -> str:
-        logits = self.sess.run(None, {self.name: tensor})[0]
+    def __call__(self, tensor: np.ndarray, reference: np.ndarray | None = None, last_move: str | None = None) -> str:
+        from edge_assist.guidance_memory import memory_inputs
+
+        feed = memory_inputs(reference, tensor, last_move) if self.memory else (tensor,)
+        logits = self.sess.run(None, dict(zip(self.names, feed)))[0]
         return ACTIONS[int(np.argmax(logits))]
 
 
@@ -207,16 +216,20 @@ def _rollout_job(job) -> list[dict]:
     for seed in seeds:
         for preset in presets:
             vp = VirtualPatient(preset, seed, live_speckle=True)
-            for _ in range(episodes):
+            for ep in range(episodes):
                 vp.clear_degradations()
                 vp.randomize_pose(rng, spread=float(rng.choice([0.5, 1.0, 1.0, 1.25])))
                 pre.reset()
                 extra_holds = int(rng.integers(1, 4))
+                episode = f"{rng_seed}:{preset}:{seed}:{ep}"
+                reference, last_move = None, None
                 for step in range(max_moves + 1):
                     image, truth = vp.render()
                     prep = pre(Frame(image, step, 0, region=vp.region))  # what the live sim source attaches
                     label = expert_action(vp, truth)
-                    rows.append(row_from(prep, truth, label))
+                    row = row_from(prep, truth, label)
+                    row["meta"].update(episode=episode, step=step, executed=None)
+                    rows.append(row)
                     if truth["at_target"] and truth["quality"] >= QUALITY_THRESHOLD:
                         extra_holds -= 1
                         if extra_holds < 0:
@@ -224,8 +237,10 @@ def _rollout_job(job) -> list[dict]:
                     if policy is None:
                         act = label if rng.random() >= eps else str(rng.choice(ACTIONS[:-1]))
                     else:
-                        act = label if rng.random() < beta else policy(prep.tensor)
+                        act = label if rng.random() < beta else policy(prep.tensor, reference, last_move)
+                    row["meta"]["executed"] = act  # the move made after this frame (the next frame's memory)
                     vp.move(act)
+                    reference, last_move = prep.tensor, act
     return rows
 
 
@@ -281,7 +296,7 @@ def rollouts(seeds, episodes: int, rng_seed: int, data_dir: Path, *, policy_path
              eps: float = 0.25, max_moves: int = 45, presets=EXAM_PRESETS, workers: int = 2, name: str = "rollouts") -> ArrayDataset:
     seeds = list(seeds)
     pol_hash = hashlib.sha1(Path(policy_path).read_bytes()).hexdigest()[:10] if policy_path else None
-    key = {"kind": "rollouts", "presets": list(presets), "seeds": [seeds[0], seeds[-1], len(seeds)], "episodes": episodes,
+    key = {"kind": "rollouts", "memory": 1, "presets": list(presets), "seeds": [seeds[0], seeds[-1], len(seeds)], "episodes": episodes,
            "rng": rng_seed, "policy": pol_hash, "beta": beta, "eps": eps, "max_moves": max_moves}
 
     def build():
@@ -290,6 +305,33 @@ def rollouts(seeds, episodes: int, rng_seed: int, data_dir: Path, *, policy_path
         return rows_to_dataset(_run_jobs(_rollout_job, jobs, workers, f"roll out {name}"))
 
     return _cached(name, key, data_dir, build)
+
+
+# -- guidance memory -------------------------------------------------------------------------------
+
+
+def with_memory(ds: ArrayDataset) -> tuple[ArrayDataset, np.ndarray]:
+    """Frame pairs for a guidance head with memory: (dataset whose images are
+    (N, 2, H, W) = the frame before the previous move and the current frame,
+    one-hots (N, A) of that move). Rows outside a trajectory (scenario
+    frames) and first steps have no memory: the frame pairs with itself and
+    the move is none, as at run time before there is a reference."""
+    n = len(ds)
+    prev = np.arange(n)
+    moves = np.zeros((n, len(ACTIONS)), np.float32)
+    last: dict[str, tuple[int, int, str | None]] = {}
+    for i, m in enumerate(ds.meta or [{}] * n):
+        ep = (m or {}).get("episode")
+        if ep is None:
+            continue
+        step = int(m.get("step", 0))
+        before = last.get(ep)
+        if before is not None and before[1] == step - 1 and before[2] is not None:
+            prev[i] = before[0]
+            moves[i, ACTIONS.index(before[2])] = 1.0
+        last[ep] = (i, step, m.get("executed"))
+    pairs = np.stack([ds.images[prev], ds.images], axis=1)
+    return replace(ds, images=pairs), moves
 
 
 # -- guidance targets -------------------------------------------------------------------------------
@@ -393,6 +435,42 @@ def store_evaluation(engines: Path | None, result: dict) -> None:
     write_manifest(engines, raw)
 
 
+# -- guidance: noisy expert, then DAgger -------------------------------------------------------------
+
+
+def train_guidance_dagger(roll_tr: ArrayDataset, frames_tr: ArrayDataset, roll_va: ArrayDataset, tr_seeds: list[int], plan: Plan,
+                          work: Path, data_dir: Path, *, seed: int, resume: bool = True, workers: int = 2) -> tuple[Path, int]:
+    """Round 0 on the noisy expert's trajectories (plus scenario frames), then
+    DAgger rounds: roll out the current policy (with its memory), label every
+    visited frame with the expert, fine-tune on everything so far. Returns
+    the last checkpoint and the number of training frames."""
+    from edge_assist.training.export import export_onnx
+    from edge_assist.training.models import export_module
+    from edge_assist.training.train import load_head, train_guidance
+
+    memory = plan.guidance_memory
+    va_data, va_moves = with_memory(roll_va) if memory else (roll_va, None)
+
+    def fit(data: ArrayDataset, out: Path, epochs: int, init: Path | None = None) -> Path:
+        soft, pose = guidance_targets(data)
+        data, moves = with_memory(data) if memory else (data, None)
+        return train_guidance(data, va_data, out, epochs=epochs, seed=seed, batch_size=plan.batch_size, resume=resume,
+                              soft_targets=soft, pose_targets=pose, prev_actions=(moves, va_moves) if memory else None,
+                              init_from=init, **({"lr": 1.5e-3} if init else {}))
+
+    g_train = concat(roll_tr, frames_tr)
+    g_ckpt = fit(g_train, work / "guidance-r0", plan.guidance_epochs)
+    for r in range(1, plan.dagger_rounds + 1):
+        model, _ = load_head(g_ckpt)
+        policy = export_onnx(export_module("guidance", model), work / f"guidance-r{r - 1}.onnx", in_ch=int(model.cfg.in_ch),
+                             output_names=("action_logits",), head="guidance", action_in=int(getattr(model.cfg, "action_in", 0)))
+        roll_r = rollouts(tr_seeds, plan.dagger_episodes, seed + 10 + r, data_dir, policy_path=policy, beta=plan.dagger_beta,
+                          max_moves=plan.max_moves, workers=workers, name=f"rollouts{r}-train")
+        g_train = concat(g_train, roll_r)
+        g_ckpt = fit(g_train, work / f"guidance-r{r}", plan.dagger_epochs, init=g_ckpt)
+    return g_ckpt, len(g_train)
+
+
 # -- train all ---------------------------------------------------------------------------------------
 
 
@@ -402,11 +480,10 @@ def train_all(out: Path, *, plan: Plan = PLANS["full"], work: Path = Path("data/
     """Everything `make models` does. Returns the evaluation result (or {})."""
     from edge_assist.training.calibrate import CALIB_FILE, build_calibration_frames, calibrate
     from edge_assist.training.common import write_json
-    from edge_assist.training.export import export_all, export_onnx, read_manifest_json, write_manifest
+    from edge_assist.training.export import export_all, read_manifest_json, write_manifest
     from edge_assist.training.interpreter import train_interpreter
-    from edge_assist.training.models import export_module
     from edge_assist.training.teacher import train_teacher
-    from edge_assist.training.train import load_head, train_guidance, train_quality
+    from edge_assist.training.train import train_quality
 
     out, work, data_dir = Path(out), Path(work), Path(data_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -438,20 +515,8 @@ def train_all(out: Path, *, plan: Plan = PLANS["full"], work: Path = Path("data/
     stage("quality", t0)
 
     t0 = time.perf_counter()
-    g_train = concat(roll_tr, frames_tr)
-    soft, pose = guidance_targets(g_train)
-    g_ckpt = train_guidance(g_train, roll_va, work / "guidance-r0", epochs=plan.guidance_epochs, seed=seed, batch_size=bs,
-                            resume=resume, soft_targets=soft, pose_targets=pose)
-    for r in range(1, plan.dagger_rounds + 1):
-        model, _ = load_head(g_ckpt)
-        policy = export_onnx(export_module("guidance", model), work / f"guidance-r{r - 1}.onnx", in_ch=int(model.cfg.in_ch),
-                             output_names=("action_logits",), head="guidance")
-        roll_r = rollouts(tr_seeds, plan.dagger_episodes, seed + 10 + r, data_dir, policy_path=policy, beta=plan.dagger_beta,
-                          max_moves=plan.max_moves, workers=workers, name=f"rollouts{r}-train")
-        g_train = concat(g_train, roll_r)
-        soft, pose = guidance_targets(g_train)
-        g_ckpt = train_guidance(g_train, roll_va, work / f"guidance-r{r}", epochs=plan.dagger_epochs, seed=seed, batch_size=bs,
-                                resume=resume, soft_targets=soft, pose_targets=pose, init_from=g_ckpt, lr=1.5e-3)
+    g_ckpt, n_guidance = train_guidance_dagger(roll_tr, frames_tr, roll_va, tr_seeds, plan, work, data_dir, seed=seed, resume=resume,
+                                   workers=workers)
     stage("guidance", t0)
 
     t0 = time.perf_counter()
@@ -470,7 +535,7 @@ def train_all(out: Path, *, plan: Plan = PLANS["full"], work: Path = Path("data/
         "val_patients": f"{len(va_seeds)} per preset (seeds {va_seeds[0]}-{va_seeds[-1]})",
         "eval_patients": "held out: seeds 50000+ (never used in training)",
         "scenario_frames": f"{len(frames_tr)} train / {len(frames_va)} val (sim.dataset.generate: ~45 % good, one or two artefacts otherwise)",
-        "guidance_frames": f"{len(g_train)} train (trajectories: noisy expert + {plan.dagger_rounds} DAgger round(s), plus scenario frames)",
+        "guidance_frames": f"{n_guidance} train (trajectories: noisy expert + {plan.dagger_rounds} DAgger round(s), plus scenario frames)",
         "seed": seed,
         "plan": asdict(plan),
     }

@@ -28,6 +28,7 @@ GUIDANCE_OUTPUTS = ("action_logits",)
 @dataclass
 class NetConfig:
     in_ch: int = 1
+    action_in: int = 0  # guidance with memory: one-hot of the previous move, joined to the image features
     # One stride-2 stage each: 128 -> 4. Narrow at high resolution: on a CPU
     # the first stages dominate training time (8-16 channels there train
     # ~2x faster than 16-32 for the same depth).
@@ -75,12 +76,17 @@ class PlainCNN(nn.Module):
         self.squeeze = nn.Sequential(nn.Conv2d(cin, cfg.squeeze, 1, bias=False), nn.BatchNorm2d(cfg.squeeze), nn.ReLU(inplace=True))
         grid = 128 // (2 ** len(cfg.widths))
         self.mlp = nn.Sequential(
-            nn.Flatten(), nn.Linear(cfg.squeeze * grid * grid, cfg.hidden), nn.ReLU(inplace=True), nn.Dropout(cfg.dropout)
+            nn.Flatten(), nn.Linear(cfg.squeeze * grid * grid + cfg.action_in, cfg.hidden), nn.ReLU(inplace=True), nn.Dropout(cfg.dropout)
         )
         self.out = nn.ModuleDict({k: nn.Linear(cfg.hidden, n) for k, n in cfg.outputs.items()})
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        h = self.mlp(self.squeeze(self.features(x)))
+    def forward(self, x: torch.Tensor, action: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        f = self.mlp[0](self.squeeze(self.features(x)))
+        if self.cfg.action_in:
+            if action is None:
+                action = f.new_zeros(f.shape[0], self.cfg.action_in)
+            f = torch.cat([f, action.to(f.dtype)], 1)
+        h = self.mlp[1:](f)
         return {k: m(h) for k, m in self.out.items()}
 
 
@@ -105,7 +111,13 @@ POSE_COMPONENTS = ("x", "y", "rot", "fan", "rock", "depth", "gain")
 
 
 class GuidanceNet(nn.Module):
-    """forward -> (action_logits [B,15], pose [B,7]); input [B, frames, 128, 128].
+    """forward -> (action_logits [B,15], pose [B,7]); input [B, frames, 128, 128]
+    and, with memory (cfg.action_in = 15), the previous move as a one-hot
+    [B, 15] (zeros: none yet). With memory the two frames are the one before
+    the previous move and the current one: from a single frame the sign of
+    an out-of-plane slide, a rotation or a fan is often unreadable (the
+    anatomy is near mirror-symmetric about the target plane); what the last
+    move did to the image says which way to go on.
 
     The second output (training only, not exported) regresses the signed
     pose/setting errors in units of the simulator's tolerances: a dense
@@ -120,8 +132,8 @@ class GuidanceNet(nn.Module):
         self.cfg = cfg
         self.net = PlainCNN(cfg)
 
-    def forward(self, x):
-        o = self.net(x)
+    def forward(self, x, action=None):
+        o = self.net(x, action)
         return o["actions"], o["pose"]
 
 
@@ -143,8 +155,8 @@ class GuidanceExport(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x):
-        return (self.model(x)[0],)
+    def forward(self, x, action=None):
+        return (self.model(x, action)[0],)
 
 
 def build_model(head: str, cfg: dict | None = None) -> nn.Module:

@@ -114,12 +114,14 @@ def _batch(ds: ArrayDataset, idx: np.ndarray, extras: dict[str, np.ndarray], dev
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images_u8: np.ndarray, batch_size: int = 256, device="cpu"):
-    """Raw model outputs over a whole array, in eval mode (tuple of numpy arrays)."""
+def predict(model: nn.Module, images_u8: np.ndarray, batch_size: int = 256, device="cpu", actions: np.ndarray | None = None):
+    """Raw model outputs over a whole array, in eval mode (tuple of numpy
+    arrays). actions: previous-move one-hots (N, A) for guidance with memory."""
     model.eval()
     outs: list[list[np.ndarray]] = []
     for i in range(0, len(images_u8), batch_size):
-        o = model(to_tensor(images_u8[i : i + batch_size]).to(device))
+        x = to_tensor(images_u8[i : i + batch_size]).to(device)
+        o = model(x) if actions is None else model(x, torch.from_numpy(actions[i : i + batch_size]).to(device))
         o = o if isinstance(o, tuple) else (o,)
         outs.append([t.float().cpu().numpy() for t in o])
     return tuple(np.concatenate([b[k] for b in outs]) for k in range(len(outs[0])))
@@ -217,7 +219,7 @@ def _fit(head, train, val, out_dir, epochs, seed, batch_size, resume, lr, loss_f
             if len(bi) == 0:  # keep every rank in step
                 bi = idx[:1]
             b = _batch(train, bi, extras, ctx.device)
-            out = net(b["x"])
+            out = net(b["x"], b["prev_action"]) if "prev_action" in b else net(b["x"])
             loss = loss_fn(out, b, pos_weight) if head == "quality" else loss_fn(out, b)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -350,25 +352,43 @@ def guidance_metrics(logits: np.ndarray, ds: ArrayDataset) -> dict:
     return {"top1": round(float((pred == ds.action[m]).mean()), 4)}
 
 
-def _validate_guidance(model, ds):
-    z = predict(model, ds.images)[0]
-    return guidance_metrics(z, ds)
+def _guidance_validation(val_actions: np.ndarray | None):
+    def validate(model, ds):
+        return guidance_metrics(predict(model, ds.images, actions=val_actions)[0], ds)
 
+    def finalise(model, ds):
+        return {"temperature": fit_temperature(predict(model, ds.images, actions=val_actions)[0], ds.action)}
 
-def _finalise_guidance(model, ds):
-    z = predict(model, ds.images)[0]
-    return {"temperature": fit_temperature(z, ds.action)}
+    return validate, finalise
 
 
 def train_guidance(train: ArrayDataset, val: ArrayDataset, out_dir: Path, *, epochs: int = 12, seed: int = DEFAULT_SEED,
                    batch_size: int = 64, resume: bool = True, lr: float = 3e-3, model_cfg: dict | None = None,
                    soft_targets: np.ndarray | None = None, pose_targets: np.ndarray | None = None, smoothing: float = 0.05,
-                   pose_weight: float = 0.3, init_from: Path | None = None, ctx: DistContext | None = None) -> Path:
+                   pose_weight: float = 0.3, init_from: Path | None = None, ctx: DistContext | None = None,
+                   prev_actions: tuple[np.ndarray, np.ndarray] | None = None) -> Path:
     """Next action (15-way). Hard labels (cross-entropy with label smoothing)
     or, when given, soft targets (N, 15) that spread some mass over every move
     that helps; optionally an auxiliary regression of the pose errors (N, 7),
-    NaN where unknown (see make_models.guidance_targets)."""
+    NaN where unknown (see make_models.guidance_targets).
+
+    prev_actions = (train, val) one-hots of the previous move: a head with
+    memory (edge_assist.guidance_memory); the images are then the pairs
+    (N, 2, H, W) of reference and current frame (make_models.with_memory)."""
     extras = {}
+    val_actions = None
+    if prev_actions is not None:
+        tr_a, val_actions = (np.asarray(a, np.float32) for a in prev_actions)
+        if tr_a.shape != (len(train), len(ACTIONS)) or val_actions.shape != (len(val), len(ACTIONS)):
+            raise TrainingError(f"previous moves must be one-hots (N, {len(ACTIONS)}) for train and val")
+        if train.images.ndim != 4 or train.images.shape[1] != 2:
+            raise TrainingError("guidance with memory trains on frame pairs (N, 2, H, W)")
+        extras["prev_action"] = tr_a
+        cfg = dict(model_cfg or {})
+        cfg.setdefault("in_ch", 2)
+        cfg.setdefault("action_in", len(ACTIONS))
+        model_cfg = cfg
+    validate, finalise = _guidance_validation(val_actions)
     if soft_targets is not None:
         if soft_targets.shape != (len(train), len(ACTIONS)):
             raise TrainingError(f"soft targets must be (N, {len(ACTIONS)}), got {soft_targets.shape}")
@@ -378,5 +398,5 @@ def train_guidance(train: ArrayDataset, val: ArrayDataset, out_dir: Path, *, epo
             raise TrainingError(f"pose targets must have one row per frame, got {pose_targets.shape}")
         extras["pose"] = pose_targets.astype(np.float32)
     return fit("guidance", train, val, out_dir, epochs=epochs, seed=seed, batch_size=batch_size, resume=resume, lr=lr,
-               loss_fn=lambda out, b: guidance_loss(out, b, smoothing, pose_weight), validate=_validate_guidance,
-               finalise=_finalise_guidance, model_cfg=model_cfg, extras=extras, ctx=ctx, init_from=init_from)
+               loss_fn=lambda out, b: guidance_loss(out, b, smoothing, pose_weight), validate=validate,
+               finalise=finalise, model_cfg=model_cfg, extras=extras, ctx=ctx, init_from=init_from)
