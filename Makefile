@@ -23,8 +23,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q
 
+# One torch thread: the same weights whatever the core count, and no slow-down
+# when another job holds a core (docs/TRAINING.md).
 models: $(STAMP)
-	$(VENV)/bin/edge-assist train all --out engines
+	EDGE_ASSIST_THREADS=1 $(VENV)/bin/edge-assist train all --out engines
 
 bench: $(STAMP)
 	$(VENV)/bin/edge-assist bench

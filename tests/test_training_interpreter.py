@@ -229,3 +229,30 @@ def test_student_exports_to_onnx_with_ort_parity(tmp_path):
         for g, w in zip(got, want):
             assert g.shape == tuple(w.shape)
             assert float(np.abs(g - w.numpy()).max()) <= 1e-4
+
+
+def test_exported_student_decodes_through_the_run_time(student_ckpt, toy, tmp_path):
+    """manifest entry + ONNX outputs -> heads.decode_interpreter -> template sentence."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from edge_assist.frames import QualityResult
+    from edge_assist.heads import decode_interpreter
+    from edge_assist.manifest import HeadSpec
+    from edge_assist.training.interpreter import INTERPRETER_OUTPUTS, interpreter_manifest_entry, load_student
+
+    model = load_student(student_ckpt)
+    path = tmp_path / "interpreter.onnx"
+    x = normalise(toy[1].images[:1])
+    torch.onnx.export(model, (torch.from_numpy(x),), str(path), input_names=["image"],
+                      output_names=list(INTERPRETER_OUTPUTS), dynamo=True)
+    entry = interpreter_manifest_entry(student_ckpt)
+    spec = HeadSpec("interpreter", path, None, "image", (1, 1, 128, 128), "float32", 1, entry["outputs"], entry["labels"],
+                    entry["decode"], "test", None, None, entry["metrics"])
+    raw = dict(zip(INTERPRETER_OUTPUTS, ort.InferenceSession(str(path)).run(None, {"image": x})))
+    out = {role: raw[name] for role, name in spec.outputs.items()}
+    good = QualityResult(score=0.9, reasons=[], reason_probs={})
+    res = decode_interpreter(spec, out, frame_index=7, quality=good, mm_per_px=(0.5, 0.5), input_hw=(128, 128))
+    assert not res.abstained and res.findings is not None and res.text.endswith(".") and res.text_zh
+    assert ("lesion seen" in res.text) != res.findings.lesion_present
+    poor = QualityResult(score=0.2, reasons=["noise"], reason_probs={})
+    assert decode_interpreter(spec, out, frame_index=8, quality=poor, mm_per_px=None, input_hw=(128, 128)).abstained
