@@ -220,6 +220,19 @@ def test_paced_read_times_out_without_losing_the_frame():
         assert src.read(timeout_s=2.0).index == 1
 
 
+def test_paced_mode_decodes_shortly_before_the_frame_is_due():
+    """Not right after a hand-over, when the consumer works on that frame."""
+    with open_source(f"dicom:{YBR}", fps=4) as src:  # 250 ms period
+        assert src.read(timeout_s=1.0).index == 0
+        assert src.read(timeout_s=0.01) is None
+        assert src._pending is None and src._next == 1  # frame 1 (due in ~250 ms) not decoded yet
+        lead_s = src._decode_lead_ns() / 1e9
+        assert 0.002 <= lead_s < 0.2
+        t0 = time.monotonic()
+        f = src.read(timeout_s=2.0)
+        assert f.index == 1 and time.monotonic() - t0 > 0.1  # released at its time, decoded on the way
+
+
 def test_every_frame_mode_ignores_pacing():
     with open_source(f"dicom:{YBR}", every_frame=True, fps=2) as src:  # paced, 30 frames would take 15 s
         t0 = time.monotonic()

@@ -54,12 +54,16 @@ class Pacer:
         self.period_ns = int(1e9 / fps) if fps and fps > 0 else 0
         self.t0_ns: int | None = None
 
-    def wait_for(self, index: int, timeout_s: float) -> bool:
-        """Sleep until frame `index` is due; False if that is beyond timeout_s."""
+    def _offset_ns(self, index: int) -> int:
+        return index * self.period_ns
+
+    def wait_for(self, index: int, timeout_s: float, lead_ns: int = 0) -> bool:
+        """Sleep until frame `index` is due (less lead_ns); False if that is
+        beyond timeout_s. The first call sets the clock: that frame is due now."""
         now = time.monotonic_ns()
         if self.t0_ns is None:
-            self.t0_ns = now - index * self.period_ns
-        due = self.t0_ns + index * self.period_ns
+            self.t0_ns = now - self._offset_ns(index)
+        due = self.t0_ns + self._offset_ns(index) - lead_ns
         wait_s = (due - now) / 1e9
         if wait_s > timeout_s:
             time.sleep(max(0.0, timeout_s))

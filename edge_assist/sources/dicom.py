@@ -10,6 +10,7 @@ import math
 import re
 import time
 import warnings
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from edge_assist.frames import Frame, ScanRegion
 from edge_assist.sources.base import FrameSource, Pacer
 
 DEFAULT_FPS = 30.0
+DECODE_MARGIN_NS = 2_000_000  # paced: start decoding this long plus 1.5x the slowest recent decode before a frame is due
 _OPTIONS = ("fps",)  # accepted **options
 
 
@@ -41,17 +43,8 @@ class _SchedulePacer(Pacer):
         super().__init__(0)
         self.offsets_ns = offsets_ns
 
-    def wait_for(self, index: int, timeout_s: float) -> bool:
-        now = time.monotonic_ns()
-        if self.t0_ns is None:
-            self.t0_ns = now - int(self.offsets_ns[index])
-        wait_s = (self.t0_ns + int(self.offsets_ns[index]) - now) / 1e9
-        if wait_s > timeout_s:
-            time.sleep(max(0.0, timeout_s))
-            return False
-        if wait_s > 0:
-            time.sleep(wait_s)
-        return True
+    def _offset_ns(self, index: int) -> int:
+        return int(self.offsets_ns[index])
 
 
 class DicomSource(FrameSource):
@@ -124,7 +117,9 @@ class DicomSource(FrameSource):
 
         # Decode frame 0 now: a file that cannot show a single frame is an open error.
         try:
+            t0 = time.monotonic_ns()
             first = self._decode(0)
+            self._decode_ns: deque[int] = deque([time.monotonic_ns() - t0], maxlen=8)
         except Exception as exc:  # any decoder plugin failure means the same to the user
             raise SourceError(f"cannot decode the pixel data of {name}: {_one_line(exc)}; the file may be damaged") from exc
         self._next = 1  # next frame to decode
@@ -145,16 +140,24 @@ class DicomSource(FrameSource):
     def read(self, timeout_s: float = 1.0) -> Frame | None:
         if self._closed:
             raise SourceError(f"{self.uri} is closed")
-        # Decode before waiting, so decode time never delays the release time.
+        # Paced: decode shortly before the frame is due, not right after the
+        # previous hand-over, when the consumer is working on that frame and
+        # the decoder (which holds the GIL for milliseconds) would compete
+        # with it. The lead is the slowest recent decode plus a margin, so
+        # decode time still never delays the release time.
         while self._pending is None:
             if self._next >= self._n:
                 raise EndOfStream(self.uri)
             i = self._next
+            if not self.every_frame and not self._pacer.wait_for(i, timeout_s, lead_ns=self._decode_lead_ns()):
+                return None  # not yet time to decode it
             self._next += 1
+            t0 = time.monotonic_ns()
             try:
                 self._pending = (i, self._decode(i))
             except Exception:  # a damaged frame mid-stream is skipped, not fatal
                 self.frames_skipped += 1
+            self._decode_ns.append(time.monotonic_ns() - t0)
         i, pixels = self._pending
         if not self.every_frame and not self._pacer.wait_for(i, timeout_s):
             return None  # not due yet: a timeout, the frame stays pending
@@ -164,6 +167,9 @@ class DicomSource(FrameSource):
     def close(self) -> None:
         self._closed = True
         self._pending = None
+
+    def _decode_lead_ns(self) -> int:
+        return int(max(self._decode_ns, default=0) * 1.5) + DECODE_MARGIN_NS
 
     # -- decoding ----------------------------------------------------------
 
