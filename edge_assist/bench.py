@@ -385,7 +385,6 @@ def run_one(sc: Scenario, cfg: dict, manifest, cache: _Cache, run_id: str) -> tu
     # The limit is the heads back to back; with parallel heads the pipeline
     # overlaps two of them, so also say in ms what it costs beyond the limit.
     rec["overhead_ms"] = round(e50 - lim["limit_ms"]["p50"], 4)
-    st = rec["stages_ms"]
     on_path = ["quality", "guidance"] + (["interpreter"] if rec["interpreter_mode"] == "sync" else [])
     rec["overhead_breakdown_ms"] = breakdown(rec, on_path)
     if overload:

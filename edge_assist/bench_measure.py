@@ -35,7 +35,6 @@ import platform
 import shutil
 import subprocess
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,7 +42,7 @@ import numpy as np
 
 from edge_assist.bench_sources import T_READ_KEY
 from edge_assist.errors import EdgeAssistError, EndOfStream
-from edge_assist.guidance_memory import DEFAULT_INTERVAL_MS, MoveMemory, one_hot
+from edge_assist.guidance_memory import GuidanceFeed, one_hot
 from edge_assist.metrics import summarize_ms
 from edge_assist.vocab import ACTIONS
 
@@ -347,10 +346,7 @@ def run_naive_phase(source, heads, *, budget_ms, warmup_frames, duration_s, capa
     pre_cfg = heads.manifest.preprocess
     pre = Preprocessor(size=heads.input_size, mean=float(pre_cfg.get("mean", 0.0)), std=float(pre_cfg.get("std", 1.0)))
     smoother = HintSmoother()
-    gframes = heads.frames_for("guidance")
-    history: deque = deque(maxlen=gframes)
-    g_spec = heads.heads["guidance"].spec
-    memory = MoveMemory(g_spec.memory_interval_ms or DEFAULT_INTERVAL_MS) if g_spec.action_input else None
+    guidance = GuidanceFeed.for_head(heads.heads["guidance"].spec)
     h_int = heads.heads["interpreter"]
     rec = FrameRecorder(capacity_hint)
     mon = ResourceMonitor()
@@ -399,20 +395,13 @@ def run_naive_phase(source, heads, *, budget_ms, warmup_frames, duration_s, capa
         lap("preprocess")
         q = heads.quality(prep.tensor)
         lap("quality")
-        if memory is not None:
-            g = heads.guidance(*memory.inputs(prep.tensor, frame.t_capture_ns))
-        else:
-            history.append(prep.tensor)
-            while len(history) < gframes:
-                history.appendleft(prep.tensor)
-            g = heads.guidance(prep.tensor if gframes == 1 else np.concatenate(list(history), axis=1))
+        g = heads.guidance(*guidance.inputs(prep.tensor, frame.t_capture_ns))
         lap("guidance")
         interp = decode_interpreter(h_int.spec, h_int.run(prep.tensor), frame_index=frame.index, quality=q,
                                     mm_per_px=prep.mm_per_px, input_hw=heads.input_size)
         lap("interpreter")
         hints = smoother.hints(frame.index, frame.t_capture_ns, q, g, interp)
-        if memory is not None:
-            memory.record(frame.t_capture_ns, prep.tensor, hints.guidance.action)
+        guidance.record(frame.t_capture_ns, prep.tensor, hints.guidance.action)
         lap("hints")
         e2e = _ms(time.monotonic_ns() - frame.t_capture_ns)
         t_sink = time.perf_counter_ns()

@@ -81,3 +81,39 @@ class MoveMemory:
         if self._entries and t_ns < self._entries[-1][0]:
             self._entries.clear()  # the clock went back (a new source): start afresh
         self._entries.append((int(t_ns), tensor, action))
+
+
+class GuidanceFeed:
+    """The guidance head's input for each frame of one live stream: the last
+    `frames` frames stacked (the oldest repeated until there are enough), or
+    for a head with memory, MoveMemory's reference frame and move. record()
+    tells it the hint shown for a frame; reset() starts afresh."""
+
+    def __init__(self, frames: int = 1, memory_interval_ms: float | None = None):
+        self.frames = int(frames)
+        self.memory = MoveMemory(memory_interval_ms) if memory_interval_ms else None
+        self._history: deque[np.ndarray] = deque(maxlen=self.frames)
+
+    @classmethod
+    def for_head(cls, spec) -> "GuidanceFeed":
+        """From a manifest HeadSpec."""
+        return cls(spec.frames, (spec.memory_interval_ms or DEFAULT_INTERVAL_MS) if spec.action_input else None)
+
+    def inputs(self, tensor: np.ndarray, t_ns: int) -> tuple:
+        if self.memory is not None:
+            return self.memory.inputs(tensor, t_ns)
+        if self.frames == 1:
+            return (tensor,)
+        self._history.append(tensor)
+        while len(self._history) < self.frames:
+            self._history.appendleft(tensor)
+        return (np.concatenate(list(self._history), axis=1),)
+
+    def record(self, t_ns: int, tensor: np.ndarray, shown_action: str) -> None:
+        if self.memory is not None:
+            self.memory.record(t_ns, tensor, shown_action)
+
+    def reset(self) -> None:
+        self._history.clear()
+        if self.memory is not None:
+            self.memory.reset()

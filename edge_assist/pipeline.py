@@ -22,7 +22,7 @@ import numpy as np
 
 from edge_assist.errors import EndOfStream
 from edge_assist.frames import Frame, GuidanceResult, Hints, InterpreterResult, QualityResult
-from edge_assist.guidance_memory import DEFAULT_INTERVAL_MS, MoveMemory
+from edge_assist.guidance_memory import GuidanceFeed
 from edge_assist.heads import HeadSet
 from edge_assist.hints import HintSmoother, SmoothingConfig
 from edge_assist.metrics import LatencyLog, summarize_ms
@@ -335,12 +335,8 @@ class Pipeline:
         self._stop = threading.Event()
         self._capture_done = threading.Event()
         self._capture_error: BaseException | None = None
-        self._guidance_frames = heads.frames_for("guidance")
-        self._history: deque[np.ndarray] = deque(maxlen=self._guidance_frames)
-        # A guidance head with memory sees the frame shown about an interval
-        # ago and the hint shown then (edge_assist.guidance_memory).
-        g_spec = heads.heads["guidance"].spec
-        self._memory = MoveMemory(g_spec.memory_interval_ms or DEFAULT_INTERVAL_MS) if g_spec.action_input else None
+        self._guidance = GuidanceFeed.for_head(heads.heads["guidance"].spec)
+        self._interp_gate = float(heads.heads["interpreter"].spec.decode.get("quality_threshold", QUALITY_THRESHOLD))
         self._interp_p50_ms = 0.0
         self._shape: tuple | None = None
         self._new_shape: tuple | None = None
@@ -434,26 +430,9 @@ class Pipeline:
         if self._new_shape_count >= SIZE_CHANGE_FRAMES:
             self._shape, self._new_shape, self._new_shape_count = shape, None, 0
             self.preprocessor.reset()
-            self._history.clear()
-            if self._memory is not None:
-                self._memory.reset()
+            self._guidance.reset()
             return True
         return False
-
-    def _guidance_input(self, tensor: np.ndarray) -> np.ndarray:
-        if self._guidance_frames == 1:
-            return tensor
-        self._history.append(tensor)
-        while len(self._history) < self._guidance_frames:
-            self._history.appendleft(tensor)
-        return np.concatenate(list(self._history), axis=1)
-
-    def _guidance_feed(self, prep: Prepared, t_capture_ns: int) -> tuple:
-        """What the guidance head takes for this frame: the stacked frames, and
-        with memory the reference frame and the hint shown then."""
-        if self._memory is not None:
-            return self._memory.inputs(prep.tensor, t_capture_ns)
-        return (self._guidance_input(prep.tensor),)
 
     def _run_guidance(self, feed: tuple) -> GuidanceResult:
         """The guidance head on one frame's feed (the only place it is called;
@@ -481,7 +460,7 @@ class Pipeline:
             # Guidance in the runner thread, quality here, at the same time.
             # "guidance" is its own time in the runner; "guidance_wait" how
             # long this thread then waited for it: its part of the e2e path.
-            runner.submit(self._run_guidance, self._guidance_feed(prep, frame.t_capture_ns))
+            runner.submit(self._run_guidance, self._guidance.inputs(prep.tensor, frame.t_capture_ns))
             try:
                 q = self.heads.quality(prep.tensor)
             finally:
@@ -492,15 +471,14 @@ class Pipeline:
         else:
             q = self.heads.quality(prep.tensor)
             lap("quality")
-            g = self._run_guidance(self._guidance_feed(prep, frame.t_capture_ns))
+            g = self._run_guidance(self._guidance.inputs(prep.tensor, frame.t_capture_ns))
             lap("guidance")
             if runner is not None:
                 stages["guidance_wait"] = stages["guidance"]  # in line: all of it is on the path
         if self._chooser is not None:
             self._chooser.add(parallel, stages["quality"] + stages["guidance_wait"])
-        q_thr = float(self.heads.heads["interpreter"].spec.decode.get("quality_threshold", QUALITY_THRESHOLD))
         ran = False
-        if q.score < q_thr:
+        if q.score < self._interp_gate:
             interp = self._abstain(frame.index)  # never show findings for a poor image
         elif worker is None:
             interp = self.heads.interpreter(prep.tensor, frame_index=frame.index, quality=q, mm_per_px=prep.mm_per_px)
@@ -509,11 +487,10 @@ class Pipeline:
         else:
             interp = worker.latest()
         hints = self.smoother.hints(frame.index, frame.t_capture_ns, q, g, interp)
-        if self._memory is not None:
-            self._memory.record(frame.t_capture_ns, prep.tensor, hints.guidance.action)
+        self._guidance.record(frame.t_capture_ns, prep.tensor, hints.guidance.action)
         lap("hints")
         e2e = _ms(time.monotonic_ns() - frame.t_capture_ns)
-        if worker is not None and q.score >= q_thr:
+        if worker is not None and q.score >= self._interp_gate:
             # Submitted only once the hints are ready: a woken worker would take
             # the GIL in the middle of this frame's hint stage. Gated by the
             # budget: start only if its result can be fresh within this frame's.

@@ -84,3 +84,21 @@ def test_manifest_memory_is_checked(tmp_path):
     (root / "manifest.json").write_text(json.dumps(raw))
     with pytest.raises(ManifestError, match="only a guidance head"):
         load_manifest(root)
+
+
+def test_guidance_feed_stacks_the_last_frames_or_uses_memory():
+    from edge_assist.guidance_memory import GuidanceFeed
+
+    feed = GuidanceFeed(3)
+    (x,) = feed.inputs(_t(1), 0)
+    assert x.shape == (1, 3, 4, 4) and list(x[0, :, 0, 0]) == [1, 1, 1]  # the first frame stands in for older ones
+    feed.inputs(_t(2), 1)
+    (x,) = feed.inputs(_t(3), 2)
+    assert list(x[0, :, 0, 0]) == [1, 2, 3]
+    feed.reset()
+    assert list(feed.inputs(_t(4), 3)[0][0, :, 0, 0]) == [4, 4, 4]
+    assert GuidanceFeed(1).inputs(_t(5), 0)[0] is not None
+    mem = GuidanceFeed(2, memory_interval_ms=10)
+    mem.record(0, _t(1), "slide_left")
+    x, a = mem.inputs(_t(2), 20 * MS)
+    assert x[0, 0, 0, 0] == 1 and a[0, ACTIONS.index("slide_left")] == 1

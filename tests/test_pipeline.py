@@ -129,7 +129,6 @@ def test_interpreter_abstains_on_poor_images(tmp_path):
     engines = write_tiny_engines(tmp_path / "e", quality_bias=-8.0)
     results = []
     with make_heads(engines, {}) as heads, SyntheticSource(10, live=False) as src:
-        calls_before = 0
         Pipeline(src, heads, every_frame=True, on_result=results.append).run()
     assert all(r.hints.interpreter.abstained for r in results)
     assert all("insufficient" in r.hints.interpreter.text for r in results)
@@ -210,7 +209,7 @@ def test_guidance_memory_feeds_an_earlier_hint(tmp_path, parallel, no_thread_lea
     with make_heads(engines) as heads, SyntheticSource(30, fps=200, live=False) as src:
         p = Pipeline(src, heads, every_frame=True, parallel_heads=parallel,
                      on_result=lambda r: seen.append((r.frame.t_capture_ns, r.raw_guidance.action, r.hints.guidance.action)))
-        assert p._memory is not None and p._memory.interval_ns == 30_000_000
+        assert p._guidance.memory is not None and p._guidance.memory.interval_ns == 30_000_000
         p.run()
     t0 = seen[0][0]
     successor = lambda a: ACTIONS[(ACTIONS.index(a) + 1) % len(ACTIONS)]  # noqa: E731

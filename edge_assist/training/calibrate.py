@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_assist.manifest import load_manifest, sha256_file
-from edge_assist.training.common import CALIB_SEEDS, EXAM_PRESETS, VAL_SEEDS, TrainingError, log, write_json
+from edge_assist.training.common import CALIB_SEEDS, EXAM_PRESETS, VAL_SEEDS, TrainingError, log
 from edge_assist.training.data import INPUT_SIZE, MEAN, STD
 from edge_assist.vocab import ACTIONS
 

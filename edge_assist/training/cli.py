@@ -6,7 +6,6 @@ only ONNX Runtime (it uses the run-time path).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path

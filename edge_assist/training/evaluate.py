@@ -29,13 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_assist.frames import Frame, QualityResult
-from edge_assist.guidance_memory import memory_inputs
+from edge_assist.frames import Frame
+from edge_assist.guidance_memory import GuidanceFeed, memory_inputs
 from edge_assist.heads import HeadSet
 from edge_assist.manifest import load_manifest
 from edge_assist.preprocess import Preprocessor
 from edge_assist.training.common import (
-    EVAL_SEEDS, EXAM_PRESETS, auroc, expert_action, f1_binary, log, macro_f1_multiclass, progress, sim_region, spearman,
+    EVAL_SEEDS, EXAM_PRESETS, auroc, expert_action, f1_binary, macro_f1_multiclass, progress, sim_region, spearman,
 )
 from edge_assist.vocab import ACTIONS, ECHOGENICITY, LOCATIONS, MARGINS, QUALITY_REASONS, QUALITY_THRESHOLD, STRUCTURES
 
@@ -206,7 +206,7 @@ def closed_loop(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, max_moves: int =
         vp = VirtualPatient(preset, seed, live_speckle=True)
         vp.randomize_pose(np.random.default_rng([rng_seed, seed, k]))
         pre.reset()
-        history: list[np.ndarray] = []
+        stacked = GuidanceFeed(g_frames)  # heads without memory: the last frames stacked
         reference, last_move = None, None
         moves, success = 0, False
         while True:
@@ -220,9 +220,7 @@ def closed_loop(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, max_moves: int =
             if memory:  # the frame before the last move, and that move (one move per frame here)
                 action = heads.guidance(*memory_inputs(reference, prep.tensor, last_move)).action
             else:
-                history = (history + [prep.tensor])[-g_frames:]
-                x = np.concatenate([history[0]] * (g_frames - len(history)) + history, axis=1) if g_frames > 1 else prep.tensor
-                action = heads.guidance(x).action
+                action = heads.guidance(*stacked.inputs(prep.tensor, moves)).action
             visited_ok += action == truth["action"]
             visited_n += 1
             vp.move(action)

@@ -29,7 +29,7 @@ import numpy as np
 from edge_assist.frames import Frame
 from edge_assist.preprocess import Preprocessor
 from edge_assist.training.common import (
-    DEFAULT_SEED, EXAM_PRESETS, TRAIN_SEEDS, VAL_SEEDS, TrainingError, expert_action, log, progress, sim_region,
+    DEFAULT_SEED, EXAM_PRESETS, TRAIN_SEEDS, VAL_SEEDS, expert_action, log, progress, sim_region,
 )
 from edge_assist.training.data import INPUT_SIZE, MEAN, STD, ArrayDataset, encode_labels, normalise
 from edge_assist.vocab import ACTIONS, QUALITY_THRESHOLD
