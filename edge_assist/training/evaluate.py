@@ -194,7 +194,7 @@ def frame_metrics(heads: HeadSet, frames, desc: str = "frames") -> dict:
 def closed_loop(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, max_moves: int = MAX_MOVES, rng_seed: int = RNG_SEED,
                 desc: str = "closed loop") -> dict:
     """A simulated operator follows the raw guidance from a random start."""
-    from edge_assist.sim.patient import VirtualPatient
+    from edge_assist.sim.patient import ERROR_NAMES, TOL, VirtualPatient
 
     pre = _preprocessor(heads)
     g_frames = heads.frames_for("guidance")
@@ -226,16 +226,22 @@ def closed_loop(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, max_moves: int =
             vp.move(action)
             reference, last_move = prep.tensor, action
             moves += 1
-        results.append({"preset": preset, "seed": seed, "success": success, "moves": moves,
-                        "final_error": vp.pose_error()["total"]})
+        pe = vp.pose_error()
+        results.append({"preset": preset, "seed": seed, "success": success, "moves": moves, "final_error": pe["total"],
+                        "final": {k: abs(float(pe[name])) / TOL[k] for k, name in ERROR_NAMES.items()}})
     succ = np.array([r["success"] for r in results])
     moves = np.array([r["moves"] for r in results])
+    final = {k: np.array([r["final"][k] for r in results]) for k in ERROR_NAMES}
     return {
         "closed_loop_success": round(float(succ.mean()), 4),
         "median_moves": float(np.median(moves[succ])) if succ.any() else float("nan"),
         "episodes": len(results),
         "success_by_preset": {p: round(float(succ[[r["preset"] == p for r in results]].mean()), 3) for p in presets},
         "top1_on_visited": round(visited_ok / max(visited_n, 1), 4),
+        # Where the episodes end, per pose component (|error| in units of the
+        # target view's tolerance): which corrections the hints fail to make.
+        "final_within_tolerance": {k: round(float((v <= 1.0).mean()), 3) for k, v in final.items()},
+        "final_error_median_tol": {k: round(float(np.median(v)), 2) for k, v in final.items()},
     }
 
 
@@ -323,7 +329,9 @@ def evaluate(engines: Path | None = None, *, quick: bool = False, backend: str =
         fm = frame_metrics(heads, frames, "eval frames")
         cl = closed_loop(heads, loop_seeds)
         result["quality"] = fm["quality"]
-        result["guidance"] = {"top1": fm["guidance"]["top1"], **cl, "top1_by_action": fm["guidance"]["top1_by_action"]}
+        result["guidance"] = {"top1": fm["guidance"]["top1"], **cl, "top1_by_action": fm["guidance"]["top1_by_action"],
+                              # the same starts driven by the simulator's expert: the task is solvable in 40 moves
+                              "expert_closed_loop_success": round(expert_closed_loop(loop_seeds), 4)}
         result["interpreter"] = fm["interpreter"]
         result["real_frames"] = real_frames(heads, size.real_frames)
         result["latency_ms"] = latency(heads, size.latency_iters)
