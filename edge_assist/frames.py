@@ -82,6 +82,8 @@ class Finding:
     margins: str | None
     location: str | None
     confidence: float  # calibrated probability that the findings are right
+    # size_mm measured on the lesion mask (True) or regressed from the whole frame (an estimate)
+    size_measured: bool = False
 
 
 @dataclass

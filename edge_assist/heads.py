@@ -9,6 +9,7 @@ from edge_assist.backends import InferenceBackend, open_backend
 from edge_assist.errors import BackendError, ManifestError
 from edge_assist.frames import Finding, GuidanceResult, InterpreterResult, QualityResult
 from edge_assist.guidance_memory import one_hot
+from edge_assist.lesion_measure import lesion_size_frac
 from edge_assist.manifest import HeadSpec, Manifest
 from edge_assist.vocab import ABSTAIN_TEXT, ABSTAIN_TEXT_ZH, QUALITY_THRESHOLD
 
@@ -103,6 +104,7 @@ def decode_interpreter(
     p_lesion = float(_sigmoid(np.asarray(out["lesion"], dtype=np.float64).reshape(-1)[0] / temp))
     lesion = p_lesion >= float(spec.decode.get("lesion_threshold", 0.5))
     size_mm = echo = margins = location = None
+    size_measured = False
     confs = [max(p_lesion, 1 - p_lesion)] + [max(p, 1 - p) for p in s_probs]
     if lesion:
         def pick(role, names):
@@ -114,14 +116,16 @@ def decode_interpreter(
         echo = pick("echogenicity", lab["echogenicity"])
         margins = pick("margins", lab["margins"])
         location = pick("location", lab["locations"])
-        # The model predicts lesion size as a fraction of the input height; mm
+        # Size as a fraction of the input height: measured on the lesion mask
+        # when the model has one and it shows the lesion, else regressed. mm
         # only when the source told us the pixel spacing — never invented.
-        frac = float(np.asarray(out["size"]).reshape(-1)[0])
+        frac, size_measured = lesion_size_frac(float(np.asarray(out["size"]).reshape(-1)[0]), out.get("mask"))
         if mm_per_px is not None and frac > 0:
             size_mm = round(frac * input_hw[0] * mm_per_px[0], 1)
     # Joint confidence: the weakest of the decisions the sentence rests on.
     confidence = float(min(confs))
-    finding = Finding(structures, lesion, p_lesion, size_mm, echo, margins, location, confidence)
+    finding = Finding(structures, lesion, p_lesion, size_mm, echo, margins, location, confidence,
+                      size_measured=size_mm is not None and size_measured)
     kw = dict(structures=structures, lesion_present=lesion, size_mm=size_mm, echogenicity=echo, margins=margins, location=location)
     return InterpreterResult(frame_index, False, lexicon.sentence_en(**kw), finding, lexicon.sentence_zh(**kw))
 

@@ -19,8 +19,11 @@ TINY_STUDENT = {"widths": [8, 16, 24, 32], "depth": [1, 1, 1, 1], "hidden": 48}
 ECHO_GREY = {"anechoic": 4, "hypoechoic": 35, "isoechoic": 80, "hyperechoic": 170}
 
 
-def make_synthetic(n: int, seed: int = 0, size: int = 128, mm: float = 0.5) -> ArrayDataset:
-    """Learnable toy frames: a few structures as textured bands, maybe one disc lesion."""
+def make_synthetic(n: int, seed: int = 0, size: int = 128, mm: float = 0.5, masks: bool = False) -> ArrayDataset:
+    """Learnable toy frames: a few structures as textured bands, maybe one disc
+    lesion (and its mask with masks=True)."""
+    from edge_assist.training.data import mask_target
+
     rng = np.random.default_rng(seed)
     imgs = np.zeros((n, size, size), np.uint8)
     names = ["liver", "kidney", "vessel", "rib"]
@@ -32,6 +35,7 @@ def make_synthetic(n: int, seed: int = 0, size: int = 128, mm: float = 0.5) -> A
     echo, margins, location = (np.full(n, -1, np.int64) for _ in range(3))
     reports, reports_zh = [], []
     yy, xx = np.mgrid[0:size, 0:size]
+    lesion_masks = np.zeros((n, 64, 64), np.uint8)
     for i in range(n):
         img = rng.rayleigh(18.0, (size, size))
         present = [s for s in names if rng.random() < 0.5]
@@ -49,6 +53,7 @@ def make_synthetic(n: int, seed: int = 0, size: int = 128, mm: float = 0.5) -> A
             rr = r * (1 + (0.25 * np.sin(5 * ang) if mg == "irregular" else 0))
             disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= rr**2
             img[disc] = rng.rayleigh(max(ECHO_GREY[e], 1) * 0.8, disc.sum())
+            lesion_masks[i] = mask_target(disc, (0, 0, size, size))
             loc = LOCATIONS[min(2, int(3 * cy / size))]
             lesion[i], size_frac[i] = 1, 2 * r / size
             echo[i], margins[i], location[i] = ECHOGENICITY.index(e), MARGINS.index(mg), LOCATIONS.index(loc)
@@ -61,7 +66,7 @@ def make_synthetic(n: int, seed: int = 0, size: int = 128, mm: float = 0.5) -> A
         images=imgs, quality=quality, reasons=np.full((n, len(QUALITY_REASONS)), np.nan, np.float32),
         action=np.full(n, -1, np.int64), structures=structures, lesion=lesion, size_frac=size_frac, echo=echo,
         margins=margins, location=location, reports=reports, reports_zh=reports_zh,
-        mm_per_px=np.full((n, 2), mm, np.float32),
+        mm_per_px=np.full((n, 2), mm, np.float32), lesion_mask=lesion_masks if masks else None,
     )
 
 
@@ -256,3 +261,67 @@ def test_exported_student_decodes_through_the_run_time(student_ckpt, toy, tmp_pa
     assert ("lesion seen" in res.text) != res.findings.lesion_present
     poor = QualityResult(score=0.2, reasons=["noise"], reason_probs={})
     assert decode_interpreter(spec, out, frame_index=8, quality=poor, mm_per_px=None, input_hw=(128, 128)).abstained
+
+
+# -- lesion mask: a segmenting student measures lesions --------------------------------
+
+
+def test_lesion_extent_measures_the_long_axis_of_the_largest_region():
+    from edge_assist.lesion_measure import lesion_extent, lesion_size_frac
+
+    h = 64
+    yy, xx = np.mgrid[0:h, 0:h] + 0.5
+    t = np.radians(30)
+    u = (xx - 30) * np.cos(t) + (yy - 28) * np.sin(t)
+    v = -(xx - 30) * np.sin(t) + (yy - 28) * np.cos(t)
+    mask = ((u / 10) ** 2 + (v / 5) ** 2 <= 1).astype(np.float32)  # 20 cells long
+    assert abs(lesion_extent(mask) * h - 21.0) < 1.0  # long axis plus one cell of footprint
+    stray = mask.copy()
+    stray[60, 2] = stray[2, 60] = 1.0  # single stray cells far away do not widen it
+    assert lesion_extent(stray[None, None]) == pytest.approx(lesion_extent(mask))
+    assert lesion_extent(np.zeros((h, h))) is None and lesion_extent(np.where(mask > 0, 0.4, 0.0)) is None
+    assert lesion_size_frac(0.3, None) == (0.3, False) and lesion_size_frac(0.3, np.zeros((1, 1, h, h))) == (0.3, False)
+    measured, was_measured = lesion_size_frac(0.3, mask)
+    assert was_measured and measured == pytest.approx(lesion_extent(mask))
+
+
+def test_student_with_lesion_masks_segments_and_the_run_time_measures(teacher_ckpt, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from edge_assist.frames import QualityResult
+    from edge_assist.heads import decode_interpreter
+    from edge_assist.lesion_measure import lesion_extent
+    from edge_assist.manifest import HeadSpec
+    from edge_assist.training.export import export_interpreter
+    from edge_assist.training.interpreter import MASK_OUTPUT, load_student, train_interpreter
+
+    train, val = make_synthetic(160, seed=1, masks=True), make_synthetic(64, seed=2, masks=True)
+    ckpt = train_interpreter(train, val, teacher_ckpt, tmp_path / "student", epochs=4, seed=0, batch_size=32, progress=False,
+                             arch=TINY_STUDENT, lr=3e-3)
+    ck = torch.load(ckpt, weights_only=False)
+    assert ck["arch"]["mask_head"] is True
+    hist = ck["history"]
+    assert hist[-1]["val_mask"] < hist[0]["val_mask"]
+    student = load_student(ckpt)
+    assert student.output_names[-1] == MASK_OUTPUT
+    entry = export_interpreter(ckpt, tmp_path / "engines", frames_u8=val.images)
+    assert entry["outputs"]["mask"] == MASK_OUTPUT and entry["parity_max_abs_diff"] <= 1e-4
+    sess = ort.InferenceSession(str(tmp_path / "engines" / "interpreter.onnx"), providers=["CPUExecutionProvider"])
+    assert [o.name for o in sess.get_outputs()][-1] == MASK_OUTPUT
+    i = int(np.flatnonzero(val.lesion == 1)[0])
+    x = normalise(val.images[i : i + 1])
+    raw = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"image": x})))
+    assert raw[MASK_OUTPUT].shape == (1, 1, 64, 64) and 0.0 <= raw[MASK_OUTPUT].min() <= raw[MASK_OUTPUT].max() <= 1.0
+    spec = HeadSpec("interpreter", tmp_path / "engines" / "interpreter.onnx", None, "image", (1, 1, 128, 128), "float32", 1,
+                    entry["outputs"], entry["labels"], entry["decode"], "test", None, None, entry["metrics"])
+    out = {role: raw[name] for role, name in spec.outputs.items()}
+    good = QualityResult(score=0.9, reasons=[], reason_probs={})
+    res = decode_interpreter(spec, out, frame_index=0, quality=good, mm_per_px=(0.5, 0.5), input_hw=(128, 128))
+    assert not res.abstained
+    # a train-time mask with its lesion only reaches the measurement when the model says "lesion"
+    if res.findings.lesion_present:
+        assert res.findings.size_mm is not None and res.findings.size_mm > 0
+        assert res.findings.size_measured == (lesion_extent(raw[MASK_OUTPUT]) is not None)
+    with pytest.raises(ValueError, match="lesion masks"):
+        train_interpreter(train, make_synthetic(8, seed=3), teacher_ckpt, tmp_path / "s2", epochs=1, seed=0, progress=False,
+                          arch={**TINY_STUDENT, "mask_head": True})

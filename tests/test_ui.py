@@ -310,7 +310,7 @@ def test_report_is_built_from_findings_only(tmp_path):
     from edge_assist.ui.capture import Exam
 
     exam = Exam(tmp_path / "exam")
-    lesion = Finding(["liver"], True, 0.9, 12.0, "hypoechoic", "circumscribed", "mid_field", 0.77)
+    lesion = Finding(["liver"], True, 0.9, 12.0, "hypoechoic", "circumscribed", "mid_field", 0.77, size_measured=True)
     exam.add(make_result(index=5, interp=InterpreterResult(3, False, "Liver in view. A 12 mm hypoechoic lesion with circumscribed margins in the mid field.", lesion)), source="sim:liver", auto=True)
     exam.add(make_result(index=9, score=0.3, interp=InterpreterResult(9, True, ABSTAIN_TEXT, None)), source="sim:liver", auto=False)
     rep = build_report(exam.captures, source="sim:liver")
@@ -323,6 +323,11 @@ def test_report_is_built_from_findings_only(tmp_path):
     assert ABSTAIN_TEXT in txt and "not a medical device" in txt
     assert rep["images"][0]["finding_age_frames"] == 2
     assert (tmp_path / "exam/captures/cap_001.png").is_file() and (tmp_path / "exam/captures/cap_002.json").is_file()
+    # a size regressed from the whole frame (no lesion mask) is reported as an estimate
+    other = Exam(tmp_path / "exam2")
+    guess = Finding(["liver"], True, 0.9, 12.0, "hypoechoic", None, None, 0.7)
+    other.add(make_result(index=5, interp=InterpreterResult(5, False, "", guess)), source="sim:liver", auto=True)
+    assert "12 mm (estimated) hypoechoic lesion" in build_report(other.captures, source="sim:liver")["summary"]["lesions"][0]
 
 
 # -- the window, with real pipeline threads ----------------------------------------------

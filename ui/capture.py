@@ -290,8 +290,8 @@ def _lesion_description(c: Capture) -> str | None:
     if f is None or not f.lesion_present:
         return None
     parts = []
-    if f.size_mm is not None:
-        parts.append(f"{f.size_mm:.0f} mm")
+    if f.size_mm is not None:  # a size regressed from the whole frame is only an estimate: say so
+        parts.append(f"{f.size_mm:.0f} mm" if f.size_measured else f"about {f.size_mm:.0f} mm (estimated)")
     if f.echogenicity:
         parts.append(f.echogenicity)
     text = " ".join(parts + ["lesion"])

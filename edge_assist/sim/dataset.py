@@ -117,10 +117,14 @@ class _Deck:
 
 
 def generate(preset_or_list, seeds: Iterable[int], frames_per_seed: int, rng_seed: int = 0, *, image_size=(256, 256),
-             probe: str | None = None, good_fraction: float = GOOD_FRACTION, with_mask: bool = False) -> Iterator:
+             probe: str | None = None, good_fraction: float = GOOD_FRACTION, with_mask: bool = False,
+             with_lesion_mask: bool = False) -> Iterator:
     """Yield (image uint8 HxW, truth dict) — or (image, truth, mask) with
-    with_mask=True — for every preset x seed x frame. Deterministic in
-    (presets, seeds, frames_per_seed, rng_seed)."""
+    with_mask=True (the label mask), or (image, truth, lesion mask) with
+    with_lesion_mask=True (VirtualPatient.lesion_mask) — for every preset x
+    seed x frame. Deterministic in (presets, seeds, frames_per_seed, rng_seed)."""
+    if with_mask and with_lesion_mask:
+        raise SimError("ask for the label mask or the lesion mask, not both")
     presets = parse_presets(preset_or_list)
     seeds = list(seeds)
     if frames_per_seed < 1:
@@ -138,7 +142,10 @@ def generate(preset_or_list, seeds: Iterable[int], frames_per_seed: int, rng_see
                     done.append(apply_artefact(vp, extra, rng, from_target=False))
                 image, truth, mask = vp.render(return_mask=True)
                 truth["scenario"] = [d["artefact"] for d in done]
-                yield (image, truth, mask) if with_mask else (image, truth)
+                if with_lesion_mask:
+                    yield image, truth, vp.lesion_mask()
+                else:
+                    yield (image, truth, mask) if with_mask else (image, truth)
 
 
 def _check_out(out: Path, overwrite: bool) -> None:

@@ -156,6 +156,7 @@ class VirtualPatient:
         self.last_envelope = None
         self.last_label_mask = None
         self.last_beam = None
+        self._last_lesion_beam = None  # (L,S) bool: the reported lesion's visible samples in the last frame
 
     # -- state -------------------------------------------------------------------
     def reseed(self, noise_seed: int) -> None:
@@ -458,11 +459,23 @@ class VirtualPatient:
                 return image, truth, mask
             return image, truth
 
+    def lesion_mask(self) -> np.ndarray:
+        """uint8 HxW of the last rendered frame: 1 where the lesion its truth
+        reports (the largest visible one; without its halo) is visible (in
+        contact, not shadowed), else 0 - the pixels truth's size_mm measures."""
+        with self._lock:
+            geo = self.geometry()
+            if self._last_lesion_beam is None:
+                return np.zeros(geo.image_size, np.uint8)
+            return geo.scan_convert_nearest(self._last_lesion_beam.astype(np.uint8))
+
     def _truth(self, bf, cls, geo: BeamGeometry, calib: dict) -> dict:
         contact_lines = bf.contact_w > 0.5
         shadow = self._shadow(bf, cls)
         visible = ~shadow & contact_lines[:, None]
         an = T.analyse(bf.labels, cls, visible, contact_lines, shadow, geo, self.phantom, self.tables.label)
+        top = an["lesions"][0]["info"].tissue if an["lesions"] else None
+        self._last_lesion_beam = None if top is None else (bf.labels == top) & visible
         tcls = LABEL_INDEX[self.info.target_label]
         in_contact = np.broadcast_to(contact_lines[:, None], cls.shape)
         tmask = (cls == tcls) & in_contact

@@ -36,6 +36,7 @@ from edge_assist.vocab import ACTIONS, ECHOGENICITY, LOCATIONS, MARGINS, QUALITY
 
 INPUT_SIZE = (128, 128)
 MEAN, STD = 0.25, 0.25  # ultrasound is mostly dark: centre the typical grey
+MASK_SIZE = 64  # lesion masks: half the input resolution (the interpreter's first feature map)
 
 
 class DataError(EdgeAssistError):
@@ -114,6 +115,10 @@ class ArrayDataset:
     reports_zh: list[str | None]
     mm_per_px: np.ndarray  # float32 (N, 2), nan = unknown
     meta: list[dict] = field(default_factory=list)
+    # (N, MASK_SIZE, MASK_SIZE) uint8, 0..255: the fraction of each cell on the
+    # reported lesion (the one size_frac measures); None = not known (the
+    # interpreter then regresses the size instead of measuring it).
+    lesion_mask: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -126,7 +131,16 @@ class ArrayDataset:
             pick(self.images), pick(self.quality), pick(self.reasons), pick(self.action), pick(self.structures),
             pick(self.lesion), pick(self.size_frac), pick(self.echo), pick(self.margins), pick(self.location),
             lst(self.reports), lst(self.reports_zh), pick(self.mm_per_px), lst(self.meta) if self.meta else [],
+            None if self.lesion_mask is None else pick(self.lesion_mask),
         )
+
+
+def mask_target(mask: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """A full-frame 0/1 lesion mask -> the MASK_SIZE x MASK_SIZE uint8 target
+    (0..255, area fractions), cropped and resized as the frame is."""
+    x0, y0, x1, y1 = box
+    crop = (np.asarray(mask[y0:y1, x0:x1]) > 0).astype(np.float32) * 255.0
+    return np.rint(cv2.resize(crop, (MASK_SIZE, MASK_SIZE), interpolation=cv2.INTER_AREA)).astype(np.uint8)
 
 
 def normalise(images_u8: np.ndarray) -> np.ndarray:

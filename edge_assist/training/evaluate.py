@@ -32,6 +32,7 @@ import numpy as np
 from edge_assist.frames import Frame
 from edge_assist.guidance_memory import GuidanceFeed, memory_inputs
 from edge_assist.heads import HeadSet
+from edge_assist.lesion_measure import lesion_size_frac
 from edge_assist.manifest import load_manifest
 from edge_assist.preprocess import Preprocessor
 from edge_assist.training.common import (
@@ -98,7 +99,8 @@ def frame_outputs(heads: HeadSet, frames: list[tuple[np.ndarray, dict]], desc: s
         g = heads.guidance(_stack(prep.tensor, g_frames))
         raw = interp.run(prep.tensor)
         abstained = heads.interpreter(prep.tensor, frame_index=0, quality=q, mm_per_px=prep.mm_per_px).abstained
-        rows.append({"q": q, "g": g, "raw": {k: np.asarray(v, np.float64).reshape(-1) for k, v in raw.items()},
+        raw = {k: np.asarray(v, np.float64 if k != "mask" else np.float32) for k, v in raw.items()}
+        rows.append({"q": q, "g": g, "raw": {k: (v if k == "mask" else v.reshape(-1)) for k, v in raw.items()},
                      "abstained": abstained, "mm": prep.mm_per_px, "truth": truth})
     return {"rows": rows, "gate": gate, "input_h": heads.input_size[0]}
 
@@ -167,15 +169,21 @@ def interpreter_metrics(out: dict) -> dict:
         yp = [int(np.argmax(r["raw"][role])) for r in lesion_rows if r["truth"]["findings"][key] in names]
         if yt:
             terms[key] = macro_f1_multiclass(yt, yp, len(names))
-    errs = []
+    errs, measured = [], []
     for r in lesion_rows:
         size = r["truth"]["findings"]["size_mm"]
         if size is None or r["mm"] is None:
             continue
-        errs.append(abs(float(r["raw"]["size"][0]) * out["input_h"] * r["mm"][0] - float(size)))
+        frac, was_measured = lesion_size_frac(float(r["raw"]["size"][0]), r["raw"].get("mask"))
+        errs.append(abs(frac * out["input_h"] * r["mm"][0] - float(size)))
+        measured.append(was_measured)
     res.update({
         "findings_macro_f1": round(float(np.mean(list(terms.values()))), 4) if terms else float("nan"),
         "size_mae_mm": round(float(np.mean(errs)), 3) if errs else float("nan"),
+        # sizes measured on the lesion mask (the rest: the regressed size), and their error
+        "size_measured_fraction": round(float(np.mean(measured)), 3) if measured else float("nan"),
+        "size_mae_measured_mm": (round(float(np.mean(np.array(errs)[np.array(measured)])), 3)
+                                 if any(measured) else float("nan")),
         "f1": {k: round(float(v), 3) for k, v in terms.items()},
         "n_frames": len(good), "n_lesion_frames": len(lesion_rows),
     })

@@ -231,7 +231,7 @@ def export_interpreter(ckpt: Path, out_dir: Path, frames_u8: np.ndarray | None =
 
     student = load_student(Path(ckpt)).eval()
     folded = fold_batchnorm(copy.deepcopy(student)).eval()
-    path = export_onnx(folded, Path(out_dir) / "interpreter.onnx", in_ch=1, output_names=INTERPRETER_OUTPUT_NAMES, head="interpreter")
+    path = export_onnx(folded, Path(out_dir) / "interpreter.onnx", in_ch=1, output_names=student.output_names, head="interpreter")
     diff = max(parity(student, path, parity_inputs(1, frames_u8)), parity(folded, path, parity_inputs(1, None, seed=1)))
     if diff > PARITY_TOL:
         raise TrainingError(f"interpreter: ONNX Runtime differs from torch by {diff:.2e} (> {PARITY_TOL}); not exported")
@@ -240,6 +240,7 @@ def export_interpreter(ckpt: Path, out_dir: Path, frames_u8: np.ndarray | None =
     decode.setdefault("quality_threshold", QUALITY_THRESHOLD)
     entry = head_entry("interpreter", path, in_ch=1, decode=decode, labels=theirs.get("labels") or LABELS["interpreter"],
                        training={k: v for k, v in theirs.items() if k not in ("labels", "decode", "outputs", "input", "file")})
+    entry["outputs"] = dict(theirs["outputs"])  # with the lesion mask when the student has one
     entry["parity_max_abs_diff"] = float(f"{diff:.3g}")
     log(f"export: {path} ({path.stat().st_size / 1e6:.2f} MB, parity {diff:.1e})")
     return entry
