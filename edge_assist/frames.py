@@ -84,6 +84,9 @@ class Finding:
     confidence: float  # calibrated probability that the findings are right
     # size_mm measured on the lesion mask (True) or regressed from the whole frame (an estimate)
     size_measured: bool = False
+    # What was measured: a closed polygon of [x, y] fractions of the interpreter's input image
+    # (the scan-region crop of the frame the finding is from); None when not measured.
+    lesion_outline: list[list[float]] | None = None
 
 
 @dataclass

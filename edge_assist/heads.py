@@ -104,7 +104,7 @@ def decode_interpreter(
     p_lesion = float(_sigmoid(np.asarray(out["lesion"], dtype=np.float64).reshape(-1)[0] / temp))
     lesion = p_lesion >= float(spec.decode.get("lesion_threshold", 0.5))
     size_mm = echo = margins = location = None
-    size_measured = False
+    measurement = None
     confs = [max(p_lesion, 1 - p_lesion)] + [max(p, 1 - p) for p in s_probs]
     if lesion:
         def pick(role, names):
@@ -119,13 +119,14 @@ def decode_interpreter(
         # Size as a fraction of the input height: measured on the lesion mask
         # when the model has one and it shows the lesion, else regressed. mm
         # only when the source told us the pixel spacing — never invented.
-        frac, size_measured = lesion_size_frac(float(np.asarray(out["size"]).reshape(-1)[0]), out.get("mask"))
+        frac, measurement = lesion_size_frac(float(np.asarray(out["size"]).reshape(-1)[0]), out.get("mask"))
         if mm_per_px is not None and frac > 0:
             size_mm = round(frac * input_hw[0] * mm_per_px[0], 1)
     # Joint confidence: the weakest of the decisions the sentence rests on.
     confidence = float(min(confs))
-    finding = Finding(structures, lesion, p_lesion, size_mm, echo, margins, location, confidence,
-                      size_measured=size_mm is not None and size_measured)
+    measured = size_mm is not None and measurement is not None
+    finding = Finding(structures, lesion, p_lesion, size_mm, echo, margins, location, confidence, size_measured=measured,
+                      lesion_outline=[list(pt) for pt in measurement.outline] if measured else None)
     kw = dict(structures=structures, lesion_present=lesion, size_mm=size_mm, echogenicity=echo, margins=margins, location=location)
     return InterpreterResult(frame_index, False, lexicon.sentence_en(**kw), finding, lexicon.sentence_zh(**kw))
 

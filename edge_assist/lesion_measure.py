@@ -8,22 +8,32 @@ it); its long axis is 4 standard deviations of the probability-weighted
 pixels along the principal direction (exact for a filled ellipse), plus one
 cell for the pixel footprint. The result is a fraction of the image height,
 like the interpreter's regressed size, so the caller turns it into mm with
-the frame's row spacing — never without one.
+the frame's row spacing — never without one. The region's outline comes
+with it, so a display can show what was measured.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 MASK_THRESHOLD = 0.5
 MIN_CELLS = 2  # fewer cells than this: no measurement (the regressed size is used)
+OUTLINE_POINTS = 32  # at most, after simplification
 
 
-def lesion_extent(mask: np.ndarray, threshold: float = MASK_THRESHOLD, min_cells: int = MIN_CELLS) -> float | None:
-    """Long-axis length of the largest region of `mask` (probabilities, any
-    leading singleton axes, square cells) as a fraction of its height, or
-    None when no region of at least min_cells cells reaches the threshold."""
+@dataclass(frozen=True)
+class LesionMeasurement:
+    extent: float  # long axis, as a fraction of the mask's height
+    outline: tuple[tuple[float, float], ...]  # closed polygon, (x, y) as fractions of the mask's width and height
+
+
+def measure_lesion(mask: np.ndarray, threshold: float = MASK_THRESHOLD, min_cells: int = MIN_CELLS) -> LesionMeasurement | None:
+    """The largest region of `mask` (probabilities, any leading singleton
+    axes, square cells), or None when no region of at least min_cells cells
+    reaches the threshold."""
     p = np.asarray(mask, dtype=np.float32)
     p = p.reshape(p.shape[-2], p.shape[-1])
     n, labels, stats, _ = cv2.connectedComponentsWithStats((p >= threshold).astype(np.uint8), connectivity=8)
@@ -32,21 +42,69 @@ def lesion_extent(mask: np.ndarray, threshold: float = MASK_THRESHOLD, min_cells
     k = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
     if stats[k, cv2.CC_STAT_AREA] < min_cells:
         return None
-    ys, xs = np.nonzero(labels == k)
+    region = labels == k
+    ys, xs = np.nonzero(region)
     w = p[ys, xs].astype(np.float64)
-    h = float(p.shape[0])
-    pts = np.stack([(xs + 0.5) / h, (ys + 0.5) / h])
-    cov = np.cov(pts, aweights=w, bias=True)
-    major = float(np.linalg.eigvalsh(cov)[-1])
-    return 4.0 * float(np.sqrt(max(major, 0.0))) + 1.0 / h
+    h, width = float(p.shape[0]), float(p.shape[1])
+    cov = np.cov(np.stack([(xs + 0.5) / h, (ys + 0.5) / h]), aweights=w, bias=True)
+    extent = 4.0 * float(np.sqrt(max(float(np.linalg.eigvalsh(cov)[-1]), 0.0))) + 1.0 / h
+    # Outline on a 4x finer grid so that a region of a few cells is not a square.
+    fine = cv2.resize(region.astype(np.uint8) * 255, None, fx=4, fy=4, interpolation=cv2.INTER_LINEAR)
+    contours, _ = cv2.findContours((fine >= 128).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    outline: tuple[tuple[float, float], ...] = ()
+    if contours:
+        c = max(contours, key=cv2.contourArea)
+        eps = 0.5
+        while len(c) > OUTLINE_POINTS:
+            c = cv2.approxPolyDP(c, eps, True)
+            eps *= 1.5
+        outline = tuple((float((x + 0.5) / (4 * width)), float((y + 0.5) / (4 * h))) for x, y in c.reshape(-1, 2))
+    return LesionMeasurement(extent, outline)
 
 
-def lesion_size_frac(regressed: float, mask: np.ndarray | None = None) -> tuple[float, bool]:
-    """(the lesion's size as a fraction of the image height, measured?):
-    measured on the mask when the model has one and it shows a region, else
-    the regressed value (an estimate)."""
+def lesion_extent(mask: np.ndarray, threshold: float = MASK_THRESHOLD, min_cells: int = MIN_CELLS) -> float | None:
+    """Long-axis length of the largest region as a fraction of the mask's height, or None."""
+    m = measure_lesion(mask, threshold, min_cells)
+    return None if m is None else m.extent
+
+
+def lesion_size_frac(regressed: float, mask: np.ndarray | None = None) -> tuple[float, LesionMeasurement | None]:
+    """(the lesion's size as a fraction of the image height, the measurement
+    or None): measured on the mask when the model has one and it shows a
+    region, else the regressed value (an estimate)."""
     if mask is not None:
-        measured = lesion_extent(mask)
-        if measured is not None:
-            return measured, True
-    return float(regressed), False
+        m = measure_lesion(mask)
+        if m is not None:
+            return m.extent, m
+    return float(regressed), None
+
+
+def outline_in_frame(outline, box: tuple[int, int, int, int]) -> np.ndarray:
+    """An outline in fractions of the interpreter's input (the scan-region
+    crop `box` = x0, y0, x1, y1 of the source frame) -> (N, 2) source-frame
+    pixel coordinates."""
+    x0, y0, x1, y1 = box
+    pts = np.asarray(outline, dtype=np.float64).reshape(-1, 2)
+    return np.stack([x0 + pts[:, 0] * (x1 - x0), y0 + pts[:, 1] * (y1 - y0)], axis=1)
+
+
+MAX_OUTLINE_AGE = 2  # frames: an older finding's outline may no longer lie on the lesion while the probe moves
+
+
+def fresh_outline_fractions(result) -> list | None:
+    """The measured lesion's outline of a pipeline result, in fractions of its
+    scan-region crop, when the finding is at most MAX_OUTLINE_AGE frames old."""
+    interp = result.hints.interpreter if getattr(result, "hints", None) is not None else None
+    f = interp.findings if interp is not None and not interp.abstained else None
+    if f is None or not f.lesion_outline or result.frame.index - interp.frame_index > MAX_OUTLINE_AGE:
+        return None
+    return f.lesion_outline
+
+
+def fresh_outline(result) -> np.ndarray | None:
+    """The same in the result's frame pixels (needs the preprocessed region)."""
+    outline = fresh_outline_fractions(result)
+    prepared = getattr(result, "prepared", None)
+    if outline is None or prepared is None:
+        return None
+    return outline_in_frame(outline, prepared.region.box)

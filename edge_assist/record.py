@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from edge_assist.errors import EdgeAssistError
+from edge_assist.lesion_measure import fresh_outline
 from edge_assist.pipeline import FrameResult
 
 
@@ -114,6 +115,9 @@ def draw_hints(image_rgb: np.ndarray, r: FrameResult) -> np.ndarray:
         age = r.frame.index - hints.interpreter.frame_index
         lines.append(hints.interpreter.text + (f" [{age} fr old]" if age else ""))
     lines.append(f"{r.e2e_ms:5.1f} ms" + ("  MISS" if r.missed_budget else ""))
+    outline = fresh_outline(r)
+    if outline is not None:  # what the size was measured on
+        cv2.polylines(bgr, [np.round(outline).astype(np.int32)], True, (0, 230, 255), th, cv2.LINE_AA)
     y = 20 + int(22 * scale * 1.6)
     for text in lines:
         cv2.putText(bgr, text, (10, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), th + 2, cv2.LINE_AA)

@@ -280,9 +280,15 @@ def test_lesion_extent_measures_the_long_axis_of_the_largest_region():
     stray[60, 2] = stray[2, 60] = 1.0  # single stray cells far away do not widen it
     assert lesion_extent(stray[None, None]) == pytest.approx(lesion_extent(mask))
     assert lesion_extent(np.zeros((h, h))) is None and lesion_extent(np.where(mask > 0, 0.4, 0.0)) is None
-    assert lesion_size_frac(0.3, None) == (0.3, False) and lesion_size_frac(0.3, np.zeros((1, 1, h, h))) == (0.3, False)
-    measured, was_measured = lesion_size_frac(0.3, mask)
-    assert was_measured and measured == pytest.approx(lesion_extent(mask))
+    assert lesion_size_frac(0.3, None) == (0.3, None) and lesion_size_frac(0.3, np.zeros((1, 1, h, h))) == (0.3, None)
+    frac, m = lesion_size_frac(0.3, mask)
+    assert m is not None and frac == pytest.approx(lesion_extent(mask)) == pytest.approx(m.extent)
+    # the outline encloses the ellipse: its bounding box in fractions of the mask
+    xs, ys = np.array([pt[0] for pt in m.outline]), np.array([pt[1] for pt in m.outline])
+    cols, rows = np.nonzero(mask.T)[0], np.nonzero(mask)[0]
+    assert 3 <= len(m.outline) <= 32
+    assert abs(xs.min() * h - cols.min()) <= 1.5 and abs(xs.max() * h - (cols.max() + 1)) <= 1.5
+    assert abs(ys.min() * h - rows.min()) <= 1.5 and abs(ys.max() * h - (rows.max() + 1)) <= 1.5
 
 
 def test_student_with_lesion_masks_segments_and_the_run_time_measures(teacher_ckpt, tmp_path):
@@ -322,6 +328,7 @@ def test_student_with_lesion_masks_segments_and_the_run_time_measures(teacher_ck
     if res.findings.lesion_present:
         assert res.findings.size_mm is not None and res.findings.size_mm > 0
         assert res.findings.size_measured == (lesion_extent(raw[MASK_OUTPUT]) is not None)
+        assert (res.findings.lesion_outline is not None) == res.findings.size_measured
     with pytest.raises(ValueError, match="lesion masks"):
         train_interpreter(train, make_synthetic(8, seed=3), teacher_ckpt, tmp_path / "s2", epochs=1, seed=0, progress=False,
                           arch={**TINY_STUDENT, "mask_head": True})

@@ -240,6 +240,50 @@ def test_overlay_shows_meter_glyph_and_text(qtbot, score, action, reasons, band)
         assert colour_pixels(img, ov.painted["glyph"][1], theme.HOLD) > 100  # the check mark is green
 
 
+def _measured_lesion_result(age: int):
+    """A result on a 200x240 frame whose scan region is x 40..240, y 0..200,
+    with a fresh (or `age` frames old) finding whose lesion outline is the
+    square 0.4..0.6 of that crop."""
+    from edge_assist.preprocess import Prepared
+
+    square = [[0.4, 0.4], [0.6, 0.4], [0.6, 0.6], [0.4, 0.6]]
+    lesion = Finding(["liver"], True, 0.9, 12.0, "hypoechoic", "circumscribed", "mid_field", 0.8, size_measured=True,
+                     lesion_outline=square)
+    r = make_result(index=10, interp=InterpreterResult(10 - age, False, "A 12 mm hypoechoic lesion.", lesion))
+    region = ScanRegion((40, 0, 240, 200), "curvilinear", (0.3, 0.3))
+    prepared = Prepared(np.zeros((1, 1, 128, 128), np.float32), np.zeros((128, 128), np.uint8), region, (0.5, 0.5))
+    return FrameResult(r.frame, prepared, r.hints, r.raw_quality, r.raw_guidance, r.stages_ms, r.e2e_ms, r.missed_budget)
+
+
+def test_measured_lesion_outline_is_drawn_where_the_lesion_is(qtbot):
+    from edge_assist.lesion_measure import fresh_outline
+    from edge_assist.record import draw_hints
+
+    r = _measured_lesion_result(age=1)
+    pts = fresh_outline(r)
+    assert np.allclose(pts, [[120, 80], [160, 80], [160, 120], [120, 120]])  # crop fractions -> frame pixels
+    bgr = draw_hints(np.zeros((200, 240), np.uint8), r)
+    yellow = (np.abs(bgr.astype(int) - [0, 230, 255]).max(axis=2) <= 40)
+    assert yellow[78:83, 118:162].any() and yellow[118:123, 118:162].any()  # top and bottom edges
+    assert not yellow[:, :100].any() and not yellow[140:, :].any()
+    ov = OverlayWidget()
+    qtbot.addWidget(ov)
+    ov.resize(1000, 720)
+    ov.set_result(r)
+    img = ov.grab().toImage()
+    assert ov.painted["lesion_outline"] == 4
+    target = ov.image_rect()
+    box = QRectF(target.left() + 0.38 * target.width(), target.top() + 0.38 * target.height(),
+                 0.24 * target.width(), 0.24 * target.height())
+    assert colour_pixels(img, box, theme.LESION, tol=30) > 40
+    # an old finding's outline is not drawn: the probe may have moved
+    old = _measured_lesion_result(age=5)
+    assert fresh_outline(old) is None
+    ov.set_result(old)
+    ov.grab()
+    assert "lesion_outline" not in ov.painted
+
+
 def test_meter_colour_does_not_flicker_on_a_band_edge(qtbot):
     ov = OverlayWidget()
     qtbot.addWidget(ov)

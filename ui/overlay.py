@@ -25,8 +25,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from PyQt6.QtCore import QPointF, QRectF, QSize, Qt
-from PyQt6.QtGui import QColor, QFontMetricsF, QImage, QPainter, QPen
+from PyQt6.QtGui import QColor, QFontMetricsF, QImage, QPainter, QPen, QPolygonF
 from PyQt6.QtWidgets import QSizePolicy, QWidget
+
+from edge_assist.lesion_measure import fresh_outline_fractions
 
 from . import theme
 from .capture import display_crop
@@ -78,6 +80,7 @@ class OverlayView:
     e2e_ms: float | None = None
     missed_budget: bool = False
     spacing_mm: tuple[float, float] | None = None
+    lesion_outline: list | None = None  # the measured lesion, fractions of the displayed crop
 
 
 def view_of(result) -> OverlayView:
@@ -108,6 +111,7 @@ def view_of(result) -> OverlayView:
         v.finding_text = interp.text
         v.abstained = bool(interp.abstained)
         v.finding_age = max(0, int(result.frame.index) - int(interp.frame_index))
+        v.lesion_outline = fresh_outline_fractions(result)
     v.e2e_ms = getattr(result, "e2e_ms", None)
     v.missed_budget = bool(getattr(result, "missed_budget", False))
     return v
@@ -228,6 +232,7 @@ class OverlayWidget(QWidget):
             target = self.image_rect()
             p.drawImage(target, self._qimage)
             self._depth_ruler(p, target, s)
+            self._lesion_outline(p, target, s, painted)
         v = self.view
         if v.has_hints:
             self._quality_panel(p, s, painted)
@@ -543,6 +548,19 @@ class OverlayWidget(QWidget):
         p.drawRoundedRect(rect, h / 2, h / 2)
         p.restore()
         self._text(p, rect, text, f, QColor(190, 198, 210), Qt.AlignmentFlag.AlignCenter, painted)
+
+    def _lesion_outline(self, p: QPainter, target: QRectF, s: float, painted: dict) -> None:
+        """The region the interpreter measured the lesion on (fresh findings only)."""
+        outline = self.view.lesion_outline
+        if not outline:
+            return
+        poly = QPolygonF([QPointF(target.left() + x * target.width(), target.top() + y * target.height()) for x, y in outline])
+        p.save()
+        p.setPen(QPen(theme.LESION, max(1.0, 1.6 * s)))
+        p.setBrush(Qt.BrushStyle.NoBrush)
+        p.drawPolygon(poly)
+        p.restore()
+        painted["lesion_outline"] = len(outline)
 
     def _depth_ruler(self, p: QPainter, target: QRectF, s: float) -> None:
         """Centimetre ticks along the image's right edge when the spacing is known."""

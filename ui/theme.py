@@ -26,6 +26,7 @@ TEXT = QColor(236, 240, 245)
 TEXT_DIM = QColor(150, 160, 175)
 ACCENT = QColor(92, 170, 255)  # frozen, links
 REC = QColor(235, 64, 64)
+LESION = QColor(255, 214, 0)  # the measured lesion outline (yellow: not a quality colour)
 HOLD = BAND_COLOURS["good"]
 
 

@@ -174,9 +174,9 @@ def interpreter_metrics(out: dict) -> dict:
         size = r["truth"]["findings"]["size_mm"]
         if size is None or r["mm"] is None:
             continue
-        frac, was_measured = lesion_size_frac(float(r["raw"]["size"][0]), r["raw"].get("mask"))
+        frac, measurement = lesion_size_frac(float(r["raw"]["size"][0]), r["raw"].get("mask"))
         errs.append(abs(frac * out["input_h"] * r["mm"][0] - float(size)))
-        measured.append(was_measured)
+        measured.append(measurement is not None)
     res.update({
         "findings_macro_f1": round(float(np.mean(list(terms.values()))), 4) if terms else float("nan"),
         "size_mae_mm": round(float(np.mean(errs)), 3) if errs else float("nan"),
