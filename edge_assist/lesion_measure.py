@@ -58,7 +58,7 @@ def measure_lesion(mask: np.ndarray, threshold: float = MASK_THRESHOLD, min_cell
         while len(c) > OUTLINE_POINTS:
             c = cv2.approxPolyDP(c, eps, True)
             eps *= 1.5
-        outline = tuple((float((x + 0.5) / (4 * width)), float((y + 0.5) / (4 * h))) for x, y in c.reshape(-1, 2))
+        outline = tuple((round(float((x + 0.5) / (4 * width)), 4), round(float((y + 0.5) / (4 * h)), 4)) for x, y in c.reshape(-1, 2))
     return LesionMeasurement(extent, outline)
 
 
