@@ -198,7 +198,7 @@ def _skip_reason(manifest, cfg) -> str | None:
     if not st.available:
         return f"backend {cfg['backend']} unavailable: {st.reason}"
     if cfg["precision"] == "int8" and not any(h.int8_path is not None for h in manifest.heads.values()):
-        return "no INT8 models in the manifest (run `edge-assist calibrate`)"
+        return "no INT8 model in the manifest: `edge-assist calibrate` keeps one only where it is faster and as accurate; `--keep all` keeps them to compare"
     return None
 
 
