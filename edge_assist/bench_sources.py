@@ -96,7 +96,11 @@ class ReplaySource(FrameSource):
 
 class LoopingSource(FrameSource):
     """Reopens a finite source at its end so a short cine fills a long run;
-    frame indices keep counting up across loops."""
+    frame indices keep counting up across loops. A paced source keeps
+    its rhythm across the seam: the first frame of a new loop is released one
+    frame interval after the last one, not at once (a reopened source starts
+    its own clock with "due now", which put two frames back to back and let
+    the pipeline's slot drop one at every loop)."""
 
     def __init__(self, opener, uri: str):
         self._opener = opener
@@ -106,9 +110,19 @@ class LoopingSource(FrameSource):
         self.is_live = self._src.is_live
         self._offset = 0
         self._last = -1
+        self._last_t_ns: int | None = None
+        self._resume_at_ns: int | None = None  # when the first frame of the new loop is due
         self.loops = 0
 
     def read(self, timeout_s: float = 1.0) -> Frame | None:
+        if self._resume_at_ns is not None:
+            wait_s = (self._resume_at_ns - time.monotonic_ns()) / 1e9
+            if wait_s > timeout_s:
+                time.sleep(max(0.0, timeout_s))
+                return None
+            if wait_s > 0:
+                time.sleep(wait_s)
+            self._resume_at_ns = None
         try:
             f = self._src.read(timeout_s)
         except EndOfStream:
@@ -116,10 +130,15 @@ class LoopingSource(FrameSource):
             self._offset = self._last + 1
             self._src = self._opener()
             self.loops += 1
+            paced = not getattr(self._src, "every_frame", False)
+            if paced and self.nominal_fps and self._last_t_ns is not None:
+                self._resume_at_ns = self._last_t_ns + int(1e9 / self.nominal_fps)
+                return self.read(timeout_s)
             f = self._src.read(timeout_s)
         if f is not None:
             f.index += self._offset
             self._last = f.index
+            self._last_t_ns = f.t_capture_ns
         return f
 
     def close(self) -> None:

@@ -197,6 +197,28 @@ def test_replay_source_clock_and_fifo():
             unpaced.read()
 
 
+def test_looping_dicom_keeps_its_rhythm_across_the_seam():
+    """A looped cine releases the first frame of each new loop one frame
+    interval after the last frame of the old one, not back to back."""
+    from pydicom.data import get_testdata_file
+
+    from edge_assist.bench_sources import LoopingSource
+    from edge_assist.sources import open_source
+
+    uri = "dicom:" + get_testdata_file("examples_ybr_color.dcm")  # 30 frames
+    fps = 100.0
+    with LoopingSource(lambda: open_source(uri, fps=fps), uri=uri) as src:
+        got = []
+        while len(got) < 34:
+            f = src.read(timeout_s=1.0)
+            if f is not None:
+                got.append(f)
+        assert src.loops == 1
+    assert [f.index for f in got] == list(range(34))  # indices keep counting across the seam
+    seam = (got[30].t_capture_ns - got[29].t_capture_ns) / 1e6
+    assert seam >= 0.8 * 1000 / fps, f"first frame of the new loop came {seam:.2f} ms after the last one"
+
+
 def test_bundled_scenarios_load():
     avail = available_scenarios()
     for name in ("live-30", "live-60", "asap", "dicom-replay", "overload", "precision", "threads"):
