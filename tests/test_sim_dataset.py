@@ -69,3 +69,25 @@ def test_write_dataset(tmp_path):
     with pytest.raises(SimError):
         write_dataset(out, "liver", [0], 1)
     write_dataset(out, "liver", [0], 1, overwrite=True)
+
+
+def test_lesion_masks_cover_what_the_truth_measures():
+    """generate(with_lesion_mask=True): the mask of the lesion the truth
+    reports (no halo, only where visible); measured like the truth, it gives
+    the truth's size; frames without a reported lesion have an empty mask."""
+    from edge_assist.sim.truth import measure_lesion
+
+    seen = 0
+    for image, truth, mask in generate(["liver", "thyroid", "cardiac"], range(3), 6, 1, with_lesion_mask=True):
+        assert mask.shape == image.shape[:2] and mask.dtype == np.uint8
+        if not truth["findings"]["lesion_present"]:
+            assert not mask.any()
+            continue
+        seen += 1
+        ys, xs = np.nonzero(mask)
+        sp = truth["spacing_mm"][0]
+        size, _ = measure_lesion(xs * sp, ys * sp, sp)
+        assert abs(size - truth["findings"]["size_mm"]) <= max(1.0, 0.1 * truth["findings"]["size_mm"])
+    assert seen >= 5
+    with pytest.raises(SimError):
+        next(generate(["liver"], [0], 1, with_mask=True, with_lesion_mask=True))
