@@ -338,9 +338,8 @@ def run_naive_phase(source, heads, *, budget_ms, warmup_frames, duration_s, capa
     source's buffered (stale) frames, and the source drops what overflows."""
     from edge_assist.heads import decode_interpreter
     from edge_assist.hints import HintSmoother
-    from edge_assist.preprocess import Preprocessor
-
     from edge_assist.pipeline import precise_timers
+    from edge_assist.preprocess import Preprocessor
 
     precise_timers()  # the source is read in this thread: pace it as the pipeline's capture thread does
     pre_cfg = heads.manifest.preprocess

@@ -20,7 +20,7 @@ import numpy as np
 
 from edge_assist.errors import EndOfStream, SourceError
 from edge_assist.frames import Frame, ScanRegion
-from edge_assist.sources.base import FrameSource
+from edge_assist.sources.base import FrameSource, sleep_until
 
 SYNTHETIC_PREFIX = "synthetic:"
 T_READ_KEY = "bench_t_read_ns"
@@ -64,11 +64,8 @@ class ReplaySource(FrameSource):
                 self.t0_ns = now
             due = self.t0_ns + i * self.period_ns
             if due > now:
-                wait_s = (due - now) / 1e9
-                if wait_s > timeout_s:
-                    time.sleep(max(0.0, timeout_s))
+                if not sleep_until(due, timeout_s):
                     return None
-                time.sleep(wait_s)
             else:
                 newest = (now - self.t0_ns) // self.period_ns  # the newest frame that exists now
                 if self.limit is not None:
@@ -116,12 +113,8 @@ class LoopingSource(FrameSource):
 
     def read(self, timeout_s: float = 1.0) -> Frame | None:
         if self._resume_at_ns is not None:
-            wait_s = (self._resume_at_ns - time.monotonic_ns()) / 1e9
-            if wait_s > timeout_s:
-                time.sleep(max(0.0, timeout_s))
+            if not sleep_until(self._resume_at_ns, timeout_s):
                 return None
-            if wait_s > 0:
-                time.sleep(wait_s)
             self._resume_at_ns = None
         try:
             f = self._src.read(timeout_s)

@@ -30,7 +30,7 @@ class LesionMeasurement:
     outline: tuple[tuple[float, float], ...]  # closed polygon, (x, y) as fractions of the mask's width and height
 
 
-def measure_lesion(mask: np.ndarray, threshold: float = MASK_THRESHOLD, min_cells: int = MIN_CELLS) -> LesionMeasurement | None:
+def measure_on_mask(mask: np.ndarray, threshold: float = MASK_THRESHOLD, min_cells: int = MIN_CELLS) -> LesionMeasurement | None:
     """The largest region of `mask` (probabilities, any leading singleton
     axes, square cells), or None when no region of at least min_cells cells
     reaches the threshold."""
@@ -64,7 +64,7 @@ def measure_lesion(mask: np.ndarray, threshold: float = MASK_THRESHOLD, min_cell
 
 def lesion_extent(mask: np.ndarray, threshold: float = MASK_THRESHOLD, min_cells: int = MIN_CELLS) -> float | None:
     """Long-axis length of the largest region as a fraction of the mask's height, or None."""
-    m = measure_lesion(mask, threshold, min_cells)
+    m = measure_on_mask(mask, threshold, min_cells)
     return None if m is None else m.extent
 
 
@@ -73,19 +73,10 @@ def lesion_size_frac(regressed: float, mask: np.ndarray | None = None) -> tuple[
     or None): measured on the mask when the model has one and it shows a
     region, else the regressed value (an estimate)."""
     if mask is not None:
-        m = measure_lesion(mask)
+        m = measure_on_mask(mask)
         if m is not None:
             return m.extent, m
     return float(regressed), None
-
-
-def outline_in_frame(outline, box: tuple[int, int, int, int]) -> np.ndarray:
-    """An outline in fractions of the interpreter's input (the scan-region
-    crop `box` = x0, y0, x1, y1 of the source frame) -> (N, 2) source-frame
-    pixel coordinates."""
-    x0, y0, x1, y1 = box
-    pts = np.asarray(outline, dtype=np.float64).reshape(-1, 2)
-    return np.stack([x0 + pts[:, 0] * (x1 - x0), y0 + pts[:, 1] * (y1 - y0)], axis=1)
 
 
 MAX_OUTLINE_AGE = 2  # frames: an older finding's outline may no longer lie on the lesion while the probe moves
@@ -107,4 +98,7 @@ def fresh_outline(result) -> np.ndarray | None:
     prepared = getattr(result, "prepared", None)
     if outline is None or prepared is None:
         return None
-    return outline_in_frame(outline, prepared.region.box)
+    # fractions of the interpreter's input = of the scan-region crop (x0, y0, x1, y1)
+    x0, y0, x1, y1 = prepared.region.box
+    pts = np.asarray(outline, dtype=np.float64).reshape(-1, 2)
+    return np.stack([x0 + pts[:, 0] * (x1 - x0), y0 + pts[:, 1] * (y1 - y0)], axis=1)

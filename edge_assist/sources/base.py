@@ -43,6 +43,18 @@ class FrameSource(abc.ABC):
         self.close()
 
 
+def sleep_until(due_ns: int, timeout_s: float) -> bool:
+    """Sleep until monotonic time due_ns; if that is more than timeout_s away,
+    sleep timeout_s and return False (the caller returns "no frame yet")."""
+    wait_s = (due_ns - time.monotonic_ns()) / 1e9
+    if wait_s > timeout_s:
+        time.sleep(max(0.0, timeout_s))
+        return False
+    if wait_s > 0:
+        time.sleep(wait_s)
+    return True
+
+
 class Pacer:
     """Releases frames of a finite source at their nominal times.
 
@@ -60,14 +72,6 @@ class Pacer:
     def wait_for(self, index: int, timeout_s: float, lead_ns: int = 0) -> bool:
         """Sleep until frame `index` is due (less lead_ns); False if that is
         beyond timeout_s. The first call sets the clock: that frame is due now."""
-        now = time.monotonic_ns()
         if self.t0_ns is None:
-            self.t0_ns = now - self._offset_ns(index)
-        due = self.t0_ns + self._offset_ns(index) - lead_ns
-        wait_s = (due - now) / 1e9
-        if wait_s > timeout_s:
-            time.sleep(max(0.0, timeout_s))
-            return False
-        if wait_s > 0:
-            time.sleep(wait_s)
-        return True
+            self.t0_ns = time.monotonic_ns() - self._offset_ns(index)
+        return sleep_until(self.t0_ns + self._offset_ns(index) - lead_ns, timeout_s)

@@ -456,7 +456,7 @@ def train_guidance_dagger(roll_tr: ArrayDataset, frames_tr: ArrayDataset, roll_v
     DAgger rounds: roll out the current policy (with its memory), label every
     visited frame with the expert, fine-tune on everything so far. Returns
     the last checkpoint and the number of training frames."""
-    from edge_assist.training.export import export_onnx
+    from edge_assist.training.export import OUTPUT_NAMES, export_onnx
     from edge_assist.training.models import export_module
     from edge_assist.training.train import load_head, train_guidance
 
@@ -475,7 +475,7 @@ def train_guidance_dagger(roll_tr: ArrayDataset, frames_tr: ArrayDataset, roll_v
     for r in range(1, plan.dagger_rounds + 1):
         model, _ = load_head(g_ckpt)
         policy = export_onnx(export_module("guidance", model), work / f"guidance-r{r - 1}.onnx", in_ch=int(model.cfg.in_ch),
-                             output_names=("action_logits",), head="guidance", action_in=int(getattr(model.cfg, "action_in", 0)))
+                             output_names=OUTPUT_NAMES["guidance"], head="guidance", action_in=int(getattr(model.cfg, "action_in", 0)))
         roll_r = rollouts(tr_seeds, plan.dagger_episodes, seed + 10 + r, data_dir, policy_path=policy, beta=plan.dagger_beta,
                           max_moves=plan.max_moves, workers=workers, name=f"rollouts{r}-train")
         g_train = concat(g_train, roll_r)
