@@ -11,9 +11,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from edge_assist.frames import GuidanceResult, Hints, InterpreterResult, QualityResult
-from edge_assist.vocab import ACTION_TEXT, REASON_TEXT
+from edge_assist.vocab import ACTION_TEXT, QUALITY_THRESHOLD, REASON_TEXT
 
 GOOD_QUALITY = 0.7  # meter band above which the image is called good
+CONTACT_REASONS = ("no_contact", "partial_contact")
+
+
+def hold_only_when_due(g: GuidanceResult, q: QualityResult, threshold: float = QUALITY_THRESHOLD) -> GuidanceResult:
+    """'hold' means the view is good (stay) or contact is lost (re-seat the
+    probe). The guidance head also says it on dark, shadowed or empty views
+    it cannot read, which look like a probe in air, and an operator who
+    obeys is stuck there. Unless the quality head finds the view diagnostic
+    or flags lost contact, the best other move is shown instead."""
+    if g.action != "hold" or not g.probs or q.score >= threshold or any(r in q.reasons for r in CONTACT_REASONS):
+        return g
+    probs = {**g.probs, "hold": 0.0}  # what the smoother averages: hold is not on offer here
+    best = max(probs, key=probs.get)
+    return GuidanceResult(best, probs[best], probs)
 
 
 @dataclass
@@ -74,7 +88,7 @@ class HintSmoother:
         return GuidanceResult(self._action, self._action_p[self._action], dict(self._action_p))
 
     def hints(self, frame_index, t_capture_ns, q: QualityResult, g: GuidanceResult, interp: InterpreterResult | None) -> Hints:
-        qs, gs = self.quality(q), self.guidance(g)
+        qs, gs = self.quality(q), self.guidance(hold_only_when_due(g, q))
         return Hints(frame_index, t_capture_ns, qs, gs, interp, quality_text(qs), guidance_text(gs, qs))
 
 

@@ -3,11 +3,14 @@ and the UI. Changing an order here changes model outputs: bump the model
 version in engines/manifest.json when you do."""
 
 # Probe moves (guidance head classes), in the order of the head's outputs.
+# They are in the probe's frame: left/right along the image's lateral axis;
+# head/feet across the image plane, toward the probe's head or feet side (the
+# side fan_toward leans the beam to; cranial/caudal in a transverse view).
 ACTIONS = (
-    "slide_left",
+    "slide_left",  # toward image left
     "slide_right",
-    "slide_head",  # toward the patient's head (cranial)
-    "slide_feet",  # toward the feet (caudal)
+    "slide_head",  # across the plane, toward the head side
+    "slide_feet",
     "rotate_cw",
     "rotate_ccw",
     "fan_toward",  # tilt the beam toward the marker side / cranial
@@ -22,10 +25,10 @@ ACTIONS = (
 )
 
 ACTION_TEXT = {
-    "slide_left": "Slide left",
-    "slide_right": "Slide right",
-    "slide_head": "Slide toward the head",
-    "slide_feet": "Slide toward the feet",
+    "slide_left": "Slide toward image left",
+    "slide_right": "Slide toward image right",
+    "slide_head": "Slide across the plane, toward the head side",
+    "slide_feet": "Slide across the plane, toward the feet side",
     "rotate_cw": "Rotate clockwise",
     "rotate_ccw": "Rotate counter-clockwise",
     "fan_toward": "Fan toward the head",

@@ -145,6 +145,16 @@ def test_cli_dataset_and_errors(tmp_path, capsys):
         assert err.startswith("edge-assist: error:") and "\n" not in err
 
 
+def test_cli_tolerances(capsys):
+    from edge_assist.cli import main
+
+    assert main(["sim", "tolerances", "--preset", "thyroid", "--seeds", "1000"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("thyroid") and "fan" in out and "(in use 12)" in out
+    assert main(["sim", "tolerances", "--preset", "spleen"]) == 2
+    assert capsys.readouterr().err.startswith("edge-assist: error:")
+
+
 def test_main_cli_has_sim_subcommand(tmp_path, capsys):
     try:
         from edge_assist.cli import main

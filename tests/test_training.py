@@ -209,7 +209,7 @@ def test_eval_quick_returns_the_keys_without_torch(tiny_engines_128):
         assert keys <= set(r[head]), (head, r[head].keys())
     g = r["guidance"]
     assert g["episodes"] >= 1
-    pose = {"x", "y", "rot", "fan", "rock", "depth", "gain"}
+    pose = {"u", "w", "rot", "fan", "rock", "depth", "gain"}
     assert set(g["final_within_tolerance"]) == pose and set(g["final_error_median_tol"]) == pose
     assert all(0.0 <= v <= 1.0 for v in g["final_within_tolerance"].values())
     assert all(v >= 0.0 for v in g["final_error_median_tol"].values())

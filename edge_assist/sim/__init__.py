@@ -11,8 +11,8 @@ See patient.py (policy, moves), render.py (the B-mode model), presets.py
 """
 
 from edge_assist.sim.geometry import PROBES, ProbeSpec
-from edge_assist.sim.patient import ACTION_EFFECT, STEP, TOL, SimError, VirtualPatient
+from edge_assist.sim.patient import ACTION_EFFECT, STEP, TOL, TOLERANCES, SimError, VirtualPatient, tolerances
 from edge_assist.sim.presets import ALL_PRESETS, PRESETS
 from edge_assist.sim.tissues import LABELS
 
-__all__ = ["VirtualPatient", "PRESETS", "ALL_PRESETS", "PROBES", "ProbeSpec", "LABELS", "STEP", "TOL", "ACTION_EFFECT", "SimError"]
+__all__ = ["VirtualPatient", "PRESETS", "ALL_PRESETS", "PROBES", "ProbeSpec", "LABELS", "STEP", "TOL", "TOLERANCES", "tolerances", "ACTION_EFFECT", "SimError"]

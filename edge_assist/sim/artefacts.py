@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge_assist.sim.patient import POSE_KEYS, STEP, TOL, VirtualPatient
+from edge_assist.sim.patient import ERROR_KEYS, STEP, VirtualPatient
 from edge_assist.sim.render import TGC_BANDS
 
 # Named artefacts (a superset of the quality reasons: TGC and depth have a direction).
@@ -25,7 +25,7 @@ REASON_OF = {
     "gain_high": "gain_high", "gain_low": "gain_low", "tgc_high": "gain_high", "tgc_low": "gain_low",
     "depth_shallow": "depth", "depth_deep": "depth", "blur": "blur", "noise": "noise", "off_target": "off_target",
 }
-OFF_TARGET_RANGE = {"x": 40.0, "y": 40.0, "rot": 60.0, "fan": 25.0, "rock": 25.0}
+OFF_TARGET_RANGE = {"u": 40.0, "w": 40.0, "rot": 60.0, "fan": 25.0, "rock": 25.0}
 
 
 def near_target(vp: VirtualPatient, rng: np.random.Generator, frac: float = 0.65) -> None:
@@ -34,13 +34,11 @@ def near_target(vp: VirtualPatient, rng: np.random.Generator, frac: float = 0.65
     vp.reset_to_target()
     vp.clear_degradations()
     t = vp.target
-    kw = {k: t[k] + rng.uniform(-frac, frac) * TOL[k] for k in POSE_KEYS}
+    vp.set_pose_error(**{k: rng.uniform(-frac, frac) * vp.tol[k] for k in ERROR_KEYS})
     depth = t["depth"]
     if rng.random() < 0.3:
         depth += STEP["depth"] * rng.choice([-1, 1])
-    kw["depth"] = depth
-    kw["gain"] = rng.uniform(-2.5, 2.5)
-    vp.set_pose(**kw)
+    vp.set_pose(depth=depth, gain=rng.uniform(-2.5, 2.5))
 
 
 def apply_artefact(vp: VirtualPatient, name: str, rng: np.random.Generator, *, from_target: bool = True) -> dict:
@@ -109,13 +107,14 @@ def apply_artefact(vp: VirtualPatient, name: str, rng: np.random.Generator, *, f
         vp.apply_degradations({"noise_db": n})
         done["noise_db"] = n
     elif name == "off_target":
-        keys = list(POSE_KEYS)
+        keys = list(ERROR_KEYS)
         n = int(rng.choice([1, 1, 2, 3]))
         chosen = rng.choice(keys, size=n, replace=False)
         kw = {}
         for k in chosen:
-            mag = float(rng.uniform(1.3 * TOL[k], max(1.5 * TOL[k], OFF_TARGET_RANGE[k])))
-            kw[str(k)] = vp.target[str(k)] + float(rng.choice([-1, 1])) * mag
-        vp.set_pose(**kw)
-        done["pose"] = kw
+            tol = vp.tol[str(k)]
+            mag = float(rng.uniform(1.3 * tol, max(1.5 * tol, OFF_TARGET_RANGE[k])))
+            kw[str(k)] = float(rng.choice([-1, 1])) * mag
+        vp.set_pose_error(**kw)
+        done["pose_error"] = kw
     return done

@@ -2,6 +2,7 @@
 
   edge-assist sim dataset --preset liver --seeds 0-99 --frames-per-seed 20 --out DIR
   edge-assist sim show --preset liver --seed 3 --out frame.png [--artefact no_contact] [--moves slide_left,rotate_cw]
+  edge-assist sim tolerances [--preset all] [--seeds 1000-1011]
   edge-assist sim bench [--preset all] [--frames 200]
 
 Errors a user can cause raise EdgeAssistError subclasses; the main CLI prints
@@ -62,6 +63,11 @@ def register(subparsers) -> None:
     s.add_argument("--rng-seed", type=int, default=0)
     s.set_defaults(func=cmd_show)
 
+    t = sp.add_parser("tolerances", help="measure each preset's target-view tolerances (sim/tolerance.py)")
+    t.add_argument("--preset", default="all", help=f"{', '.join(PRESETS)}, a comma list, or all (default all)")
+    t.add_argument("--seeds", default="1000-1011", help="patients to measure on (default 1000-1011)")
+    t.set_defaults(func=cmd_tolerances)
+
     b = sp.add_parser("bench", help="render speed per preset (one core, perf_counter_ns)")
     b.add_argument("--preset", default="all")
     b.add_argument("--frames", type=int, default=200)
@@ -110,6 +116,18 @@ def cmd_show(args) -> int:
     if args.mask and not cv2.imwrite(str(args.mask), mask):
         raise SimError(f"cannot write {args.mask}; use a .png path in a writable folder")
     print(json.dumps(truth, ensure_ascii=False, indent=1))
+    return 0
+
+
+def cmd_tolerances(args) -> int:
+    from edge_assist.sim.patient import tolerances
+    from edge_assist.sim.tolerance import OUT_OF_PLANE, measure_tolerances
+
+    seeds = parse_seeds(args.seeds)
+    for preset in parse_presets(args.preset):
+        measured = measure_tolerances(preset, seeds)
+        used = tolerances(preset)
+        print(f"{preset:8s} " + "  ".join(f"{k} {measured[k]:g} (in use {used[k]:g})" for k in OUT_OF_PLANE))
     return 0
 
 

@@ -2,18 +2,27 @@
 ground truth of every frame.
 
 Moves are the discrete actions of vocab.ACTIONS with fixed steps (slide 5 mm,
-rotate 10 deg, fan/rock 5 deg, depth 10 mm, gain 3 dB). The optimal action
-is a deterministic function of the state, in the order a sonographer works:
+rotate 10 deg, fan/rock 5 deg, depth 10 mm, gain 3 dB), in the probe's own
+frame as a sonographer gives them: slide left/right along the image's lateral
+axis (toward image left/right), slide head/feet across the image plane
+(toward the side the beam leans to with fan_toward; cranial/caudal in a
+transverse view). The optimal action is a deterministic function of the
+state, in the order a sonographer works:
 
   1. contact lost or partial  -> 'hold' (re-seat the probe on the skin; in
      the simulator 'hold' restores full contact and stops motion blur);
-  2. position: the larger of the two slide errors, if out of tolerance;
-  3. rotation, 4. fan, 5. rock, 6. depth, 7. gain;
+  2. depth, 3. gain: the image's settings first (they read off any frame,
+     and a well-set image shows the rest);
+  4. position: the larger of the two slide errors (in the probe's frame:
+     u along the image, w across it);
+  5. rock, 6. rotation, 7. fan, each only if out of tolerance;
   8. everything within tolerance -> 'hold' (target reached).
 
 Every move changes exactly one component by one step toward the target, and
 the tolerances exceed half a step, so following the policy always ends at
-the target (tests check the closed loop).
+the target (tests check the closed loop). The tolerances are the target
+view's, per preset (TOLERANCES): how far each component may be off before
+the view itself changes (sim/README.md says how they were measured).
 """
 
 from __future__ import annotations
@@ -40,15 +49,17 @@ class SimError(SourceError):
     """A simulator parameter is wrong (preset, probe, depth, action, URI)."""
 
 
-STEP = {"x": 5.0, "y": 5.0, "rot": 10.0, "fan": 5.0, "rock": 5.0, "depth": DEPTH_STEP_MM, "gain": 3.0}
-TOL = {"x": 6.0, "y": 6.0, "rot": 12.0, "fan": 6.0, "rock": 6.0, "depth": 15.0, "gain": 4.0}
-POSE_KEYS = ("x", "y", "rot", "fan", "rock")
-ERROR_NAMES = {"x": "x_mm", "y": "y_mm", "rot": "rot_deg", "fan": "fan_deg", "rock": "rock_deg", "depth": "depth_mm", "gain": "gain_db"}
+STEP = {"u": 5.0, "w": 5.0, "rot": 10.0, "fan": 5.0, "rock": 5.0, "depth": DEPTH_STEP_MM, "gain": 3.0}
+# Default tolerances of a target view; TOLERANCES has each preset's.
+TOL = {"u": 6.0, "w": 6.0, "rot": 12.0, "fan": 6.0, "rock": 6.0, "depth": 15.0, "gain": 4.0}
+POSE_KEYS = ("x", "y", "rot", "fan", "rock")  # the probe's pose: face point on the skin (world mm) and angles
+ERROR_KEYS = ("u", "w", "rot", "fan", "rock")  # its error, the face point's in the probe's frame
+ERROR_NAMES = {"u": "u_mm", "w": "w_mm", "rot": "rot_deg", "fan": "fan_deg", "rock": "rock_deg", "depth": "depth_mm", "gain": "gain_db"}
 ACTION_EFFECT: dict[str, tuple[str, int] | None] = {
-    "slide_left": ("x", +1),  # toward the patient's left (+x)
-    "slide_right": ("x", -1),
-    "slide_head": ("y", +1),
-    "slide_feet": ("y", -1),
+    "slide_left": ("u", -1),  # toward image left
+    "slide_right": ("u", +1),
+    "slide_head": ("w", +1),  # across the image plane, the side fan_toward leans to
+    "slide_feet": ("w", -1),
     "rotate_cw": ("rot", -1),
     "rotate_ccw": ("rot", +1),
     "fan_toward": ("fan", +1),
@@ -62,8 +73,27 @@ ACTION_EFFECT: dict[str, tuple[str, int] | None] = {
     "hold": None,
 }
 assert set(ACTION_EFFECT) == set(ACTIONS)
+# Each preset's target view tolerates what does not change it: an
+# out-of-plane error as far as it changes the view no more than an in-plane
+# slide of 6 mm does (sim/tolerance.py; `edge-assist sim tolerances`).
+TOLERANCES: dict[str, dict[str, float]] = {
+    "liver": {**TOL, "w": 9.0, "rot": 19.5, "fan": 6.0},
+    "thyroid": {**TOL, "w": 12.0, "rot": 24.0, "fan": 12.0},
+    "cardiac": {**TOL, "w": 9.5, "rot": 17.0, "fan": 7.5},
+    "phantom": {**TOL},
+}
+
+
+def tolerances(preset: str) -> dict[str, float]:
+    """The target view's tolerance per error component for a preset."""
+    return TOLERANCES.get(preset, TOL)
+
+
 _ACTION_FOR = {(comp, sign): a for a, eff in ACTION_EFFECT.items() if eff for comp, sign in [eff]}
-GROUPS = (("slide", ("x", "y")), ("rotate", ("rot",)), ("fan", ("fan",)), ("rock", ("rock",)), ("depth", ("depth",)), ("gain", ("gain",)))
+# The order of corrections: the image's settings first (depth and gain read
+# off any frame, and a well-set image shows the rest), then what moves the
+# anatomy within the plane, then across it.
+GROUPS = (("depth", ("depth",)), ("gain", ("gain",)), ("slide", ("u", "w")), ("rock", ("rock",)), ("rotate", ("rot",)), ("fan", ("fan",)))
 ANGLE_LIMIT = 35.0
 GAIN_LIMIT = 30.0
 SLIDE_LIMIT = 90.0  # mm from the target
@@ -88,6 +118,12 @@ def shared_geometry(probe, depth: float, image_size, speckle_scale: float) -> Be
                 _GEOMETRIES.clear()
             g = _GEOMETRIES[key] = BeamGeometry(probe, depth, image_size, speckle_scale)
         return g
+
+
+def _plane_axes(rot_deg: float) -> tuple[tuple[float, float], tuple[float, float]]:
+    """The image's lateral axis and the plane normal on the skin (x, y) at a rotation."""
+    r = math.radians(rot_deg)
+    return (math.cos(r), math.sin(r)), (-math.sin(r), math.cos(r))
 
 
 def wrap180(a: float) -> float:
@@ -127,6 +163,7 @@ class VirtualPatient:
             raise SimError(f"image size {h}x{w} out of range; use 32..2048 pixels a side")
         self.preset = preset
         self.info = ALL_PRESETS[preset]
+        self.tol = tolerances(preset)
         self.seed = seed
         self.probe = PROBES[kind]
         self.image_size = (h, w)
@@ -181,6 +218,22 @@ class VirtualPatient:
                 if k not in self.pose:
                     raise SimError(f"unknown pose field {k!r}; use {', '.join(self.pose)}")
                 self.pose[k] = float(v)
+            self._clamp()
+
+    def set_pose_error(self, **errors) -> None:
+        """Put the probe at the target view plus signed errors (ERROR_KEYS:
+        u, w in mm in the probe's frame, rot, fan, rock in degrees); pose_error()
+        then reports them back. Depth and gain are left as they are."""
+        unknown = set(errors) - set(ERROR_KEYS)
+        if unknown:
+            raise SimError(f"unknown pose error {sorted(unknown)[0]!r}; use {', '.join(ERROR_KEYS)}")
+        with self._lock:
+            t = self.target
+            e = {k: float(errors.get(k, 0.0)) for k in ERROR_KEYS}
+            rot = t["rot"] + e["rot"]
+            lat, el = _plane_axes(rot)
+            self.pose.update({"x": t["x"] + e["u"] * lat[0] + e["w"] * el[0], "y": t["y"] + e["u"] * lat[1] + e["w"] * el[1],
+                              "rot": rot, "fan": t["fan"] + e["fan"], "rock": t["rock"] + e["rock"]})
             self._clamp()
 
     def _clamp(self) -> None:
@@ -268,14 +321,25 @@ class VirtualPatient:
                 self.deg["blur"] = 0.0
                 return
             comp, sign = eff
-            self.pose[comp] += sign * STEP[comp]
+            if comp in ("u", "w"):  # slides are in the probe's frame
+                lat, el = _plane_axes(self.pose["rot"])
+                axis = lat if comp == "u" else el
+                self.pose["x"] += sign * STEP[comp] * axis[0]
+                self.pose["y"] += sign * STEP[comp] * axis[1]
+            else:
+                self.pose[comp] += sign * STEP[comp]
             self._clamp()
 
     # -- ground-truth policy ------------------------------------------------------
     def _errors(self) -> dict:
         p, t = self.pose, self.target
-        e = {k: p[k] - t[k] for k in ("x", "y", "fan", "rock", "depth", "gain")}
+        e = {k: p[k] - t[k] for k in ("fan", "rock", "depth", "gain")}
         e["rot"] = wrap180(p["rot"] - t["rot"])
+        # The face point's offset in the probe's frame: what a slide corrects.
+        lat, el = _plane_axes(p["rot"])
+        dx, dy = p["x"] - t["x"], p["y"] - t["y"]
+        e["u"] = dx * lat[0] + dy * lat[1]
+        e["w"] = dx * el[0] + dy * el[1]
         return e
 
     def pose_error(self) -> dict:
@@ -284,9 +348,9 @@ class VirtualPatient:
         (+10 per unit of lost contact)."""
         with self._lock:
             e = self._errors()
-            out = {ERROR_NAMES[k]: round(float(e[k]), 3) for k in ("x", "y", "rot", "fan", "rock", "depth", "gain")}
+            out = {name: round(float(e[k]), 3) for k, name in ERROR_NAMES.items()}
             out["contact"] = round(1.0 - self.deg["contact"], 3)
-            total = math.sqrt(sum((e[k] / TOL[k]) ** 2 for k in e)) + 10.0 * (1.0 - self.deg["contact"])
+            total = math.sqrt(sum((e[k] / self.tol[k]) ** 2 for k in e)) + 10.0 * (1.0 - self.deg["contact"])
             out["total"] = round(total, 4)
             return out
 
@@ -295,8 +359,8 @@ class VirtualPatient:
             return "hold", "contact"
         e = self._errors()
         for name, comps in GROUPS:
-            k = max(comps, key=lambda c: abs(e[c]) / TOL[c])
-            if abs(e[k]) / TOL[k] > 1.0:
+            k = max(comps, key=lambda c: abs(e[c]) / self.tol[c])
+            if abs(e[k]) / self.tol[k] > 1.0:
                 return _ACTION_FOR[(k, -1 if e[k] > 0 else +1)], name
         return "hold", "at_target"
 
@@ -484,10 +548,10 @@ class VirtualPatient:
         t_shadow = float(area[tmask & shadow].sum()) / t_total if t_total > 0 else 0.0
         visibility = float(an["vis_cls"][tcls]) / calib["target_area"]
         e = self._errors()
-        pose_norm = max(abs(e[k]) / TOL[k] for k in POSE_KEYS)
+        pose_norm = max(abs(e[k]) / self.tol[k] for k in ERROR_KEYS)
         b = T.severities(
             contact=self.deg["contact"], shadow_excess=max(0.0, an["shadow_fraction"] - calib["shadow_fraction"]),
-            target_shadow=t_shadow, gain_err=e["gain"], tgc_db=self.deg["tgc_db"], depth_err=e["depth"], depth_tol=TOL["depth"],
+            target_shadow=t_shadow, gain_err=e["gain"], tgc_db=self.deg["tgc_db"], depth_err=e["depth"], depth_tol=self.tol["depth"],
             blur=self.deg["blur"], noise_db=self.deg["noise_db"], pose_norm=pose_norm,
         )
         quality = T.quality_from(b, visibility, self.deg["contact"])

@@ -246,12 +246,13 @@ def build_liver(seed: int) -> Phantom:
     b.set_target(b.u(-20, 20), b.u(-20, 20), b.u(70, 110, "rot"), b.u(-8, 8, "fan"), b.u(-5, 5, "rock"))
     wall = b.wall(b.u(1.5, 2.5, "skin"), b.u(5, 28, "fat"), b.u(8, 14, "muscle"))
     ph.background = ph.tissue("deep_tissue")
+    medial = 1.0 if b.el[0] > 0 else -1.0  # the sign of w toward the midline (+x): IVC, hilum, gallbladder
 
     # Kidney, long axis in the target plane.
     v_k = wall + b.u(58, 80, "kidney_depth")
-    ck = b.p(b.u(-8, 8, "kidney_u"), v_k)
+    ck = b.p(b.u(-3, 3, "kidney_u"), v_k)  # centred: what a sonographer aims for
     ka, kb, kc = b.u(46, 58, "kidney_len"), b.u(22, 28, "kidney_w"), b.u(19, 24, "kidney_t")
-    psi = math.radians(b.u(-15, 15, "kidney_tilt"))
+    psi = math.radians(b.u(-5, 5, "kidney_tilt"))  # long axis level on the screen
     k_axes = _frame(math.cos(psi) * b.lat + math.sin(psi) * b.beam, b.el)
     if k_axes[2] @ b.beam < 0:
         k_axes[2] *= -1
@@ -296,7 +297,7 @@ def build_liver(seed: int) -> Phantom:
     # Gallbladder (not always), out of the target plane.
     if rng.random() < 0.6:
         for _ in range(20):
-            cg = b.p(rng.uniform(-45, 25), wall + rng.uniform(18, 45), rng.choice([-1, 1]) * rng.uniform(18, 35))
+            cg = b.p(rng.uniform(-45, 25), wall + rng.uniform(18, 45), medial * rng.uniform(18, 35))
             if liver.inside(cg, 18)[0]:
                 g_axes = _frame([rng.uniform(-0.4, 0.4), 1.0, rng.uniform(-0.3, 0.3)], [1, 0, 0])
                 gb = ph.add(Ellipsoid(cg, g_axes, [rng.uniform(25, 38), rng.uniform(10, 15), rng.uniform(10, 15)], ph.tissue("bile")))
@@ -313,7 +314,13 @@ def build_liver(seed: int) -> Phantom:
         for side in (-1, 1):
             cpy = ck + s * ka * k_axes[0] + side * 0.42 * kc * k_axes[2]
             ph.add(Ellipsoid(cpy, k_axes, [0.13 * ka, 0.3 * kb, 0.2 * kc], ph.tissue("kidney_medulla")))
-    ph.add(Ellipsoid(ck + 0.08 * kc * k_axes[2], k_axes, [0.62 * ka, 0.42 * kb, 0.28 * kc], ph.tissue("kidney_sinus")))
+    # The sinus and the hilum open medially: fanning or sliding medially
+    # shows the renal vein and the sinus widen, laterally only cortex.
+    ph.add(Ellipsoid(ck + 0.08 * kc * k_axes[2] + medial * 0.18 * kb * k_axes[1], k_axes, [0.62 * ka, 0.48 * kb, 0.28 * kc], ph.tissue("kidney_sinus")))
+    hilum = ck + medial * b.u(0.3, 0.4, "hilum_w") * kb * k_axes[1] + 0.1 * kc * k_axes[2]
+    rv_end = ivc.c + np.array([0.0, hilum[1] - ivc.c[1], 0.0])
+    rv_r = b.u(4.0, 5.5, "renal_vein_r")
+    ph.add(Cylinder((hilum + rv_end) / 2, rv_end - hilum, [rv_r, rv_r], ph.tissue("blood"), float(np.linalg.norm(rv_end - hilum)) / 2))
 
     # Lung and diaphragm cranial to the liver dome; bowel gas caudally.
     lung_c = np.array([cl[0], cl[1] + ry + b.u(15, 30, "lung_dy"), zc + b.u(0, 25)])
@@ -374,14 +381,25 @@ def build_thyroid(seed: int) -> Phantom:
     # Sternocleidomastoid over the vessels.
     scm = Ellipsoid(b.p(u_cca - b.u(0, 6), wall + b.u(3, 5)), axes, [70, b.u(10, 15, "scm_w"), b.u(3, 5)], ph.tissue("neck_muscle"))
     ph.add(scm)
-    lobe = ph.add(Ellipsoid(b.p(uL, vL), axes, [la, lt, lap], ph.tissue("thyroid")))
-    lobe2 = ph.add(Ellipsoid(b.p(2 * u_tr - uL, vL), axes, [la * b.u(0.85, 1.1), lt * b.u(0.85, 1.1), lap], ph.tissue("thyroid")))
-    ph.add(Ellipsoid(b.p(u_tr, v_tr - tr_r - 2.0), axes, [8, u_tr - uL, 2.6], ph.tissue("thyroid")))
+    # The target plane crosses the lobes above their middle: caudally they
+    # widen and the isthmus comes into view, cranially they taper and the
+    # carotid divides (landmarks that tell the two sides of the plane apart).
+    w_lobe = -b.u(3, 6, "lobe_w_off")
+    lobe = ph.add(Ellipsoid(b.p(uL, vL, w_lobe), axes, [la, lt, lap], ph.tissue("thyroid")))
+    lobe2 = ph.add(Ellipsoid(b.p(2 * u_tr - uL, vL, w_lobe), axes, [la * b.u(0.85, 1.1), lt * b.u(0.85, 1.1), lap], ph.tissue("thyroid")))
+    ph.add(Ellipsoid(b.p(u_tr, v_tr - tr_r - 2.0, -b.u(8, 11, "isthmus_w")), axes, [6, u_tr - uL, 2.6], ph.tissue("thyroid")))
     tr_axis = b.el + rng.uniform(-0.1, 0.1) * b.lat
     trachea = ph.add(Cylinder(b.p(u_tr, v_tr), tr_axis, [tr_r, tr_r], ph.tissue("cartilage"), 200, p1=b.lat))
     ph.add(Cylinder(b.p(u_tr, v_tr), tr_axis, [tr_r - 2.0, tr_r - 2.0], ph.tissue("air"), 200, p1=b.lat))
     b.avoid += [trachea]
-    cca = ph.add(Cylinder(b.p(u_cca, v_cca), b.el + rng.uniform(-0.08, 0.08) * b.lat, [cca_r, cca_r], ph.tissue("artery_blood"), 200, p1=b.lat))
+    cca_axis = _unit(b.el + rng.uniform(-0.08, 0.08) * b.lat)
+    w_bif = b.u(9, 14, "bifurcation_w")  # cranial to the target plane
+    bif = b.p(u_cca, v_cca) + w_bif * cca_axis
+    cca = ph.add(Cylinder(bif - 100.0 * cca_axis, cca_axis, [cca_r, cca_r], ph.tissue("artery_blood"), 100.0, p1=b.lat))
+    ph.add(Ellipsoid(bif, _frame(cca_axis, b.lat), [cca_r * 1.6, cca_r * 1.3, cca_r * 1.2], ph.tissue("artery_blood")))  # the bulb
+    for side, r_frac in ((-1.0, 0.8), (1.0, 0.6)):  # internal carotid posterolateral, external anteromedial
+        axis_b = _unit(cca_axis + side * 0.3 * b.lat - side * 0.2 * b.beam)
+        ph.add(Cylinder(bif + 40.0 * axis_b, axis_b, [cca_r * r_frac, cca_r * r_frac], ph.tissue("artery_blood"), 40.0, p1=b.lat))
     ijv = ph.add(Cylinder(b.p(u_ijv, v_ijv), b.el + rng.uniform(-0.08, 0.08) * b.lat, [ijv_a, ijv_b], ph.tissue("blood"), 200, p1=b.lat))
     b.avoid += [cca, ijv]
     depth = _grid_depth(vL + lap + b.u(6, 14, "depth_margin"), 30, 60)
@@ -403,7 +421,7 @@ def build_thyroid(seed: int) -> Phantom:
 
 def build_cardiac(seed: int) -> Phantom:
     b = _Builder("cardiac", seed)
-    ph, rng = b.ph, b.rng
+    ph = b.ph
     psi_r = b.u(-25, 25, "rib_angle")
     b.set_target(b.u(-15, 15), b.u(-15, 15), psi_r + b.u(-4, 4, "rot_off"), b.u(-10, 10, "fan"), b.u(-8, 8, "rock"))
     skin, fat = b.u(1.5, 2.5, "skin"), b.u(3, 15, "fat")
@@ -415,8 +433,8 @@ def build_cardiac(seed: int) -> Phantom:
     # Heart, parasternal long axis: apex toward image left and deep, aortic
     # root and left atrium at the base (image right), RV in the near field.
     v_h = wall + b.u(55, 68, "heart_v")
-    ch = b.p(b.u(-8, 8, "heart_u"), v_h)
-    psi_h = math.radians(b.u(5, 25, "heart_tilt"))
+    ch = b.p(b.u(-3, 3, "heart_u"), v_h)  # centred
+    psi_h = math.radians(b.u(10, 18, "heart_tilt"))
     h_axes = _frame(-math.cos(psi_h) * b.lat + math.sin(psi_h) * b.beam, b.el)
     if h_axes[2] @ b.beam < 0:
         h_axes[2] *= -1
@@ -440,6 +458,19 @@ def build_cardiac(seed: int) -> Phantom:
         pa, pb = P(x0a, x2a), P(x0b, x2b)
         ph.add(Ellipsoid((pa + pb) / 2, _frame(pb - pa, a1), [np.linalg.norm(pb - pa) / 2, 8 * sc, 0.7], valve))
     ph.add(Cylinder(P(-40, 42), a1, [sc * b.u(8, 10.5, "dao_r")] * 2, ph.tissue("artery_blood"), 200, p1=a0))
+    # Either side of the long-axis plane (a1 is its normal): the right
+    # ventricular outflow tract and pulmonary artery on one side, the right
+    # atrium and tricuspid valve on the other, as when a sonographer tilts
+    # toward the left shoulder or the right hip.
+    w_out, w_in = sc * b.u(13, 16, "rvot_w"), -sc * b.u(13, 16, "ra_w")
+    rvot_c = P(-30, -24) + w_out * a1
+    ph.add(Ellipsoid(rvot_c, h_axes, sc * np.array([16.0, 9.0, 8.0]), blood, beat=0.08))
+    pa_axis = _unit(a1 - 0.5 * a0 + 0.3 * a2)
+    ph.add(Cylinder(rvot_c + sc * 22.0 * pa_axis, pa_axis, [sc * 10.0] * 2, ph.tissue("artery_blood"), sc * 16.0, p1=a0))
+    ra_c = P(-12, -12) + w_in * a1
+    ph.add(Ellipsoid(ra_c, h_axes, sc * np.array([20.0, 10.0, 14.0]), blood, beat=-0.06))
+    pa_, pb_ = P(-2, -20) + (w_in + sc * 6.0) * a1, P(8, -10) + (w_in + sc * 6.0) * a1  # tricuspid leaflet
+    ph.add(Ellipsoid((pa_ + pb_) / 2, _frame(pb_ - pa_, a1), [np.linalg.norm(pb_ - pa_) / 2, 6 * sc, 0.7], valve))
     depth = _grid_depth(_support(v_h, h_axes, hr + 2.5, b.beam) + b.u(15, 30, "depth_margin"), 120, 220)
 
     def cavity_sampler(r):

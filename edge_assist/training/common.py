@@ -200,7 +200,7 @@ def expert_action(vp, truth: dict, threshold: float | None = None) -> str:
     if action != "hold" or not truth.get("at_target") or truth["quality"] >= thr:
         return action
     pe, best = truth["pose_error"], None
-    for k in ("x", "y", "rot", "fan", "rock", "depth", "gain"):
+    for k in ERROR_NAMES:
         e = float(pe[ERROR_NAMES[k]])
         r = abs(e) / STEP[k]
         if r > 0.5 and (best is None or r > best[0]):

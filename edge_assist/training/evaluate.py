@@ -32,6 +32,7 @@ import numpy as np
 from edge_assist.frames import Frame
 from edge_assist.guidance_memory import GuidanceFeed, memory_inputs
 from edge_assist.heads import HeadSet
+from edge_assist.hints import hold_only_when_due
 from edge_assist.lesion_measure import lesion_size_frac
 from edge_assist.manifest import load_manifest
 from edge_assist.preprocess import Preprocessor
@@ -200,8 +201,11 @@ def frame_metrics(heads: HeadSet, frames, desc: str = "frames") -> dict:
 
 def closed_loop(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, max_moves: int = MAX_MOVES, rng_seed: int = RNG_SEED,
                 desc: str = "closed loop") -> dict:
-    """A simulated operator follows the raw guidance from a random start."""
-    from edge_assist.sim.patient import ERROR_NAMES, TOL, VirtualPatient
+    """A simulated operator follows the guidance from a random start, one
+    move per frame: the head's move, with 'hold' only where the hints would
+    show it (hints.hold_only_when_due: the quality head finds the view
+    diagnostic or flags lost contact); no smoothing across frames."""
+    from edge_assist.sim.patient import ERROR_NAMES, VirtualPatient
 
     pre = _preprocessor(heads)
     g_frames = heads.frames_for("guidance")
@@ -225,9 +229,10 @@ def closed_loop(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, max_moves: int =
                 break
             prep = pre(Frame(image, moves, 0, region=vp.region))
             if memory:  # the frame before the last move, and that move (one move per frame here)
-                action = heads.guidance(*memory_inputs(reference, prep.tensor, last_move)).action
+                guidance = heads.guidance(*memory_inputs(reference, prep.tensor, last_move))
             else:
-                action = heads.guidance(*stacked.inputs(prep.tensor, moves)).action
+                guidance = heads.guidance(*stacked.inputs(prep.tensor, moves))
+            action = hold_only_when_due(guidance, heads.quality(prep.tensor)).action
             visited_ok += action == truth["action"]
             visited_n += 1
             vp.move(action)
@@ -235,7 +240,7 @@ def closed_loop(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, max_moves: int =
             moves += 1
         pe = vp.pose_error()
         results.append({"preset": preset, "seed": seed, "success": success, "moves": moves, "final_error": pe["total"],
-                        "final": {k: abs(float(pe[name])) / TOL[k] for k, name in ERROR_NAMES.items()}})
+                        "final": {k: abs(float(pe[name])) / vp.tol[k] for k, name in ERROR_NAMES.items()}})
     succ = np.array([r["success"] for r in results])
     moves = np.array([r["moves"] for r in results])
     final = {k: np.array([r["final"][k] for r in results]) for k in ERROR_NAMES}

@@ -107,7 +107,7 @@ class QualityNet(nn.Module):
         return o["score"], o["reasons"]
 
 
-POSE_COMPONENTS = ("x", "y", "rot", "fan", "rock", "depth", "gain")
+POSE_COMPONENTS = ("u", "w", "rot", "fan", "rock", "depth", "gain")
 
 
 class GuidanceNet(nn.Module):
