@@ -61,7 +61,7 @@ SIM_KEY_ACTIONS = {
 }
 
 KEY_HELP = (
-    ("← → ↑ ↓", "slide (↑ toward the head)"),
+    ("← → ↑ ↓", "slide along the image (← →) or across it (↑ head side)"),
     ("Q / E", "rotate ccw / cw"),
     ("W / S", "fan toward head / feet"),
     ("A / D", "rock left / right"),
