@@ -11,18 +11,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from edge_assist.frames import GuidanceResult, Hints, InterpreterResult, QualityResult
-from edge_assist.vocab import ACTION_TEXT, QUALITY_THRESHOLD, REASON_TEXT
+from edge_assist.vocab import ACTION_TEXT, REASON_TEXT
 
 GOOD_QUALITY = 0.7  # meter band above which the image is called good
 CONTACT_REASONS = ("no_contact", "partial_contact")
 
 
-def hold_only_when_due(g: GuidanceResult, q: QualityResult, threshold: float = QUALITY_THRESHOLD) -> GuidanceResult:
+def hold_only_when_due(g: GuidanceResult, q: QualityResult, threshold: float = GOOD_QUALITY) -> GuidanceResult:
     """'hold' means the view is good (stay) or contact is lost (re-seat the
     probe). The guidance head also says it on dark, shadowed or empty views
-    it cannot read, which look like a probe in air, and an operator who
-    obeys is stuck there. Unless the quality head finds the view diagnostic
-    or flags lost contact, the best other move is shown instead."""
+    it cannot read, which look like a probe in air, and on views a little
+    off the target, and an operator who obeys is stuck there. Unless the
+    quality meter is in its good band or flags lost contact, the best other
+    move is shown instead."""
     if g.action != "hold" or not g.probs or q.score >= threshold or any(r in q.reasons for r in CONTACT_REASONS):
         return g
     probs = {**g.probs, "hold": 0.0}  # what the smoother averages: hold is not on offer here

@@ -45,6 +45,7 @@ def test_hold_is_shown_only_on_a_good_view_or_lost_contact():
     shown = hold_only_when_due(hold, poor)
     assert shown.action == "slide_left" and shown.confidence == 0.3 and shown.probs["hold"] == 0.0
     assert hold_only_when_due(hold, QualityResult(0.8, [], {})).action == "hold"  # view reached
+    assert hold_only_when_due(hold, QualityResult(0.6, [], {})).action == "slide_left"  # diagnostic, but the meter is not in its good band
     assert hold_only_when_due(hold, QualityResult(0.1, ["no_contact"], {})).action == "hold"  # re-seat the probe
     move = GuidanceResult("fan_away", 0.6, {"fan_away": 0.6, "hold": 0.4})
     assert hold_only_when_due(move, poor) is move
