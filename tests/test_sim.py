@@ -460,9 +460,9 @@ def test_target_view_tolerances_are_the_measured_ones():
         for k in OUT_OF_PLANE:
             assert 0.6 * STEP[k] <= TOLERANCES[preset][k] <= 2 * TOL[k]
     # the measurement itself: no change at the target, more with a larger error
-    from edge_assist.sim.tolerance import view_change, view_tissues
+    from edge_assist.sim.tolerance import view_change
 
     vp = VirtualPatient("liver", 1000, image_size=(64, 64))
-    ref = view_tissues(vp)
+    ref = vp.view_tissues()
     assert view_change(vp, ref) == 0.0
     assert 0.0 < view_change(vp, ref, fan=3.0) < view_change(vp, ref, fan=12.0)

@@ -120,10 +120,11 @@ def shared_geometry(probe, depth: float, image_size, speckle_scale: float) -> Be
         return g
 
 
-def _plane_axes(rot_deg: float) -> tuple[tuple[float, float], tuple[float, float]]:
-    """The image's lateral axis and the plane normal on the skin (x, y) at a rotation."""
-    r = math.radians(rot_deg)
-    return (math.cos(r), math.sin(r)), (-math.sin(r), math.cos(r))
+def _plane_axes(rot_deg: float) -> tuple[np.ndarray, np.ndarray]:
+    """The image's lateral axis and the plane normal on the skin at a rotation
+    (fan and rock zero): the directions of the probe-frame slides."""
+    lat, _, el = pose_basis(rot_deg, 0.0, 0.0)
+    return lat, el
 
 
 def wrap180(a: float) -> float:
@@ -388,6 +389,13 @@ class VirtualPatient:
     @property
     def region(self) -> ScanRegion:
         return self.geometry().region()
+
+    def view_tissues(self) -> np.ndarray:
+        """The tissue id of every beam sample at the current pose (lines x
+        samples; no occluders, the heart at rest): the anatomy the view cuts."""
+        geo = self.geometry()
+        o, d = self._lines(geo)
+        return self.phantom.paint(o, d, geo.r, geo.dr, 0.0)
 
     def _lines(self, geo: BeamGeometry):
         p = self.pose

@@ -24,13 +24,6 @@ OUT_OF_PLANE = ("w", "rot", "fan")
 PROBE_OFFSETS = {"w": np.arange(1.0, 20.5, 0.5), "rot": np.arange(1.0, 40.5, 1.0), "fan": np.arange(0.5, 20.25, 0.25)}
 
 
-def view_tissues(vp: VirtualPatient) -> np.ndarray:
-    """The tissue id of every beam sample at the patient's current pose."""
-    geo = vp.geometry()
-    o, d = vp._lines(geo)
-    return vp.phantom.paint(o, d, geo.r, geo.dr, 0.0)
-
-
 def view_change(vp: VirtualPatient, reference: np.ndarray, **errors) -> float:
     """Fraction of beam samples whose tissue differs from `reference` at the
     target pose plus `errors` (the worse of +errors and -errors)."""
@@ -38,7 +31,7 @@ def view_change(vp: VirtualPatient, reference: np.ndarray, **errors) -> float:
     for sign in (-1.0, 1.0):
         vp.reset_to_target()
         vp.set_pose_error(**{k: sign * v for k, v in errors.items()})
-        worst = max(worst, float((view_tissues(vp) != reference).mean()))
+        worst = max(worst, float((vp.view_tissues() != reference).mean()))
     vp.reset_to_target()
     return worst
 
@@ -49,7 +42,7 @@ def measure_tolerances(preset: str, seeds) -> dict[str, float]:
     for seed in seeds:
         vp = VirtualPatient(preset, int(seed), image_size=(64, 64))
         vp.reset_to_target()
-        ref = view_tissues(vp)
+        ref = vp.view_tissues()
         budget = view_change(vp, ref, u=TOL["u"])
         for k in OUT_OF_PLANE:
             last_within = 0.0

@@ -349,11 +349,11 @@ def with_memory(ds: ArrayDataset) -> tuple[ArrayDataset, np.ndarray]:
 # -- guidance targets -------------------------------------------------------------------------------
 
 
-def helpful_actions(pose_error: dict, preset: str) -> list[str]:
-    """Every move that brings an out-of-tolerance component one step closer."""
-    from edge_assist.sim.patient import ACTION_EFFECT, ERROR_NAMES, tolerances
+def helpful_actions(pose_error: dict, tol: dict) -> list[str]:
+    """Every move that brings a component out of its tolerance (`tol`, the
+    target view's: sim.tolerances) one step closer."""
+    from edge_assist.sim.patient import ACTION_EFFECT, ERROR_NAMES
 
-    tol = tolerances(preset)
     if float(pose_error.get("contact", 0.0)) > 0.001:
         return ["hold"]
     out = []
@@ -388,7 +388,7 @@ def guidance_targets(ds: ArrayDataset, label_weight: float = 0.6) -> tuple[np.nd
         meta = (ds.meta[i] or {}) if ds.meta else {}
         pe = meta.get("pose_error")
         tol = tolerances(meta.get("preset", ""))
-        others = [ACTIONS.index(h) for h in helpful_actions(pe, meta.get("preset", "")) if ACTIONS.index(h) != a] if pe else []
+        others = [ACTIONS.index(h) for h in helpful_actions(pe, tol) if ACTIONS.index(h) != a] if pe else []
         if others:
             soft[i, a] = label_weight
             soft[i, others] = (1.0 - label_weight) / len(others)
