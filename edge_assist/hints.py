@@ -3,15 +3,17 @@
 Raw per-frame outputs flicker; arrows that change every frame are worse than
 none. Scores are smoothed with an exponential moving average; a reason flag
 turns on above `on` and off only below `off`; the shown action changes only
-when another action has led by `margin` for `min_frames` frames in a row.
+when another action has led by `margin` for `min_frames` frames in a row, and
+never straight to its own reverse (no_straight_reversal).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from edge_assist.frames import GuidanceResult, Hints, InterpreterResult, QualityResult
-from edge_assist.vocab import ACTION_TEXT, REASON_TEXT
+from edge_assist.vocab import ACTION_TEXT, REASON_TEXT, REVERSE_ACTION
 
 GOOD_QUALITY = 0.7  # meter band above which the image is called good
 CONTACT_REASONS = ("no_contact", "partial_contact")
@@ -31,6 +33,29 @@ def hold_only_when_due(g: GuidanceResult, q: QualityResult, threshold: float = G
     return GuidanceResult(best, probs[best], probs)
 
 
+def detour_move(probs: dict[str, float], previous: str) -> str | None:
+    """The move to show instead of undoing `previous`: the head's best move
+    that neither reverses it nor repeats it (None when it offers no other)."""
+    banned = (previous, REVERSE_ACTION.get(previous))
+    others = {a: p for a, p in probs.items() if a not in banned and p > 0.0}
+    return max(others, key=others.get) if others else None
+
+
+def no_straight_reversal(g: GuidanceResult, previous: str | None) -> GuidanceResult:
+    """The guidance head often answers its own move with the reverse move
+    and the two alternate: in the closed loop most failures were such
+    two-move cycles (docs/TRAINING.md). A move is therefore not followed
+    straight by its reverse: the best other move comes first, and the reverse
+    may follow that. For the closed loop (one move per frame); the smoother
+    applies the same rule over time."""
+    if previous is None or g.action != REVERSE_ACTION.get(previous) or not g.probs:
+        return g
+    detour = detour_move(g.probs, previous)
+    if detour is None:
+        return g
+    return GuidanceResult(detour, g.probs[detour], g.probs)
+
+
 @dataclass
 class SmoothingConfig:
     alpha: float = 0.35  # EMA weight of the newest frame
@@ -38,6 +63,11 @@ class SmoothingConfig:
     reason_off: float = 0.4
     action_margin: float = 0.10
     action_min_frames: int = 3
+    # When the shown move would give way to its reverse, the best other move
+    # is shown instead, and the reverse is kept out for this long: long
+    # enough for the operator to make that move (evaluate.closed_loop(paced):
+    # 1 s helps an operator making one move every 0.5 s or 1 s alike).
+    reversal_detour_s: float = 1.0
 
 
 class HintSmoother:
@@ -53,6 +83,8 @@ class HintSmoother:
         self._action: str | None = None
         self._challenger: str | None = None
         self._challenger_frames = 0
+        self._barred: str | None = None  # a reverse kept out until _barred_until_ns
+        self._barred_until_ns = 0
 
     def _ema(self, old: float | None, new: float) -> float:
         return new if old is None else old + self.cfg.alpha * (new - old)
@@ -69,11 +101,15 @@ class HintSmoother:
         active = sorted(self._reasons_on, key=lambda n: -self._reason_p[n])
         return QualityResult(score=self._score, reasons=active, reason_probs=dict(self._reason_p))
 
-    def guidance(self, g: GuidanceResult) -> GuidanceResult:
+    def guidance(self, g: GuidanceResult, t_ns: int | None = None) -> GuidanceResult:
+        t_ns = time.monotonic_ns() if t_ns is None else t_ns
         probs = g.probs or {g.action: g.confidence}
         for name, p in probs.items():
             self._action_p[name] = self._ema(self._action_p.get(name), p)
-        best = max(self._action_p, key=self._action_p.get)
+        if self._barred is not None and t_ns >= self._barred_until_ns:
+            self._barred = None
+        offered = {a: p for a, p in self._action_p.items() if a != self._barred}
+        best = max(offered, key=offered.get)
         if self._action is None:
             self._action = best
         elif best != self._action:
@@ -83,13 +119,19 @@ class HintSmoother:
             else:
                 self._challenger, self._challenger_frames = best, 1
             if lead >= self.cfg.action_margin and self._challenger_frames >= self.cfg.action_min_frames:
-                self._action, self._challenger, self._challenger_frames = best, None, 0
+                new = best
+                if best == REVERSE_ACTION.get(self._action):
+                    detour = detour_move(self._action_p, self._action)
+                    if detour is not None:
+                        new = detour
+                        self._barred, self._barred_until_ns = best, t_ns + int(self.cfg.reversal_detour_s * 1e9)
+                self._action, self._challenger, self._challenger_frames = new, None, 0
         else:
             self._challenger, self._challenger_frames = None, 0
         return GuidanceResult(self._action, self._action_p[self._action], dict(self._action_p))
 
     def hints(self, frame_index, t_capture_ns, q: QualityResult, g: GuidanceResult, interp: InterpreterResult | None) -> Hints:
-        qs, gs = self.quality(q), self.guidance(hold_only_when_due(g, q))
+        qs, gs = self.quality(q), self.guidance(hold_only_when_due(g, q), t_capture_ns)
         return Hints(frame_index, t_capture_ns, qs, gs, interp, quality_text(qs), guidance_text(gs, qs))
 
 

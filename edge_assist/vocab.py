@@ -24,6 +24,9 @@ ACTIONS = (
     "hold",
 )
 
+# Each move's reverse: the moves come in pairs (2k, 2k + 1); hold has none.
+REVERSE_ACTION = {a: ACTIONS[i ^ 1] for i, a in enumerate(ACTIONS) if a != "hold"}
+
 ACTION_TEXT = {
     "slide_left": "Slide toward image left",
     "slide_right": "Slide toward image right",

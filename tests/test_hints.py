@@ -1,5 +1,7 @@
 from edge_assist.frames import GuidanceResult, QualityResult
-from edge_assist.hints import HintSmoother, SmoothingConfig, guidance_text, hold_only_when_due, quality_text
+from edge_assist.hints import (HintSmoother, SmoothingConfig, detour_move, guidance_text, hold_only_when_due,
+                               no_straight_reversal, quality_text)
+from edge_assist.vocab import ACTIONS, REVERSE_ACTION
 
 
 def g(action, p=0.8, other="hold"):
@@ -53,3 +55,58 @@ def test_hold_is_shown_only_on_a_good_view_or_lost_contact():
     s = HintSmoother(SmoothingConfig(alpha=1.0))
     sure_hold = GuidanceResult("hold", 0.9, {"hold": 0.9, "rotate_cw": 0.1})
     assert all(s.hints(i, 0, poor, sure_hold, None).guidance.action == "rotate_cw" for i in range(5))
+
+
+def probs(**p):
+    return {a: p.get(a, 0.0) for a in ACTIONS}
+
+
+def test_every_move_has_one_reverse():
+    assert set(REVERSE_ACTION) == set(ACTIONS) - {"hold"}
+    assert all(REVERSE_ACTION[REVERSE_ACTION[a]] == a != REVERSE_ACTION[a] for a in REVERSE_ACTION)
+    assert REVERSE_ACTION["slide_left"] == "slide_right" and REVERSE_ACTION["fan_toward"] == "fan_away"
+
+
+def test_a_move_is_not_undone_straight_away():
+    p = probs(slide_right=0.6, slide_left=0.2, rotate_cw=0.15, hold=0.05)
+    back = GuidanceResult("slide_right", 0.6, p)
+    shown = no_straight_reversal(back, "slide_left")
+    assert shown.action == "rotate_cw" and shown.confidence == 0.15  # neither undo nor repeat
+    assert no_straight_reversal(back, "slide_right") is back  # repeating a move is fine
+    assert no_straight_reversal(back, "fan_away") is back  # the reverse of another move is fine
+    assert no_straight_reversal(back, None) is back  # first move
+    assert no_straight_reversal(back, "hold") is back
+    # a head that offers nothing else keeps its move
+    only = GuidanceResult("slide_right", 0.9, {"slide_right": 0.9, "slide_left": 0.1})
+    assert no_straight_reversal(only, "slide_left") is only
+    assert detour_move({"slide_right": 0.9, "slide_left": 0.1}, "slide_left") is None
+
+
+def test_smoother_detours_before_showing_a_reverse():
+    cfg = SmoothingConfig(alpha=1.0, action_min_frames=3, reversal_detour_s=0.5)
+    s = HintSmoother(cfg)
+    ms = 1_000_000
+    t = 0
+    for _ in range(5):
+        t += 16 * ms
+        assert s.guidance(GuidanceResult("slide_left", 0.8, probs(slide_left=0.8, fan_away=0.2)), t).action == "slide_left"
+    flip = GuidanceResult("slide_right", 0.7, probs(slide_right=0.7, slide_left=0.1, fan_away=0.15, hold=0.05))
+    shown = []
+    for _ in range(60):  # ~1 s at 60 fps
+        t += 16 * ms
+        shown.append(s.guidance(flip, t).action)
+    assert "slide_right" in shown and shown[:2] == ["slide_left", "slide_left"]  # hysteresis as before
+    first_detour = shown.index("fan_away")
+    first_back = shown.index("slide_right")
+    assert first_detour == 2  # when the reverse would have been shown, the next-best move is
+    # the reverse waits out the detour (0.5 s = ~31 frames), then needs its usual 3 frames
+    assert 31 <= first_back - first_detour <= 35
+    assert set(shown[first_detour:first_back]) == {"fan_away"}
+
+
+def test_smoother_switches_to_an_unrelated_move_directly():
+    s = HintSmoother(SmoothingConfig(alpha=1.0, action_min_frames=3))
+    for i in range(5):
+        s.guidance(GuidanceResult("slide_left", 0.8, probs(slide_left=0.8, rotate_cw=0.2)), i)
+    shown = [s.guidance(GuidanceResult("rotate_cw", 0.8, probs(rotate_cw=0.8, slide_left=0.2)), 10 + i).action for i in range(5)]
+    assert shown == ["slide_left", "slide_left", "rotate_cw", "rotate_cw", "rotate_cw"]

@@ -24,7 +24,7 @@ Does not import torch.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,7 @@ import numpy as np
 from edge_assist.frames import Frame
 from edge_assist.guidance_memory import GuidanceFeed, memory_inputs
 from edge_assist.heads import HeadSet
-from edge_assist.hints import hold_only_when_due
+from edge_assist.hints import HintSmoother, SmoothingConfig, hold_only_when_due, no_straight_reversal
 from edge_assist.lesion_measure import lesion_size_frac
 from edge_assist.manifest import load_manifest
 from edge_assist.preprocess import Preprocessor
@@ -199,12 +199,38 @@ def frame_metrics(heads: HeadSet, frames, desc: str = "frames") -> dict:
 # -- closed loop --------------------------------------------------------------------------------------
 
 
+@dataclass
+class PacedOperator:
+    """An operator who makes the move the smoothed hints show, one every
+    `move_every_s`, on a stream at `fps` (closed_loop(paced=...))."""
+
+    fps: float = 30.0
+    move_every_s: float = 0.5
+    smoothing: SmoothingConfig | None = None
+    _t_ns: int = field(default=0, init=False, repr=False)  # the stream's clock
+
+    @property
+    def frames_per_move(self) -> int:
+        return max(1, round(self.fps * self.move_every_s))
+
+    def clock_ns(self) -> int:
+        self._t_ns += int(1e9 / self.fps)
+        return self._t_ns
+
+
 def closed_loop(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, max_moves: int = MAX_MOVES, rng_seed: int = RNG_SEED,
-                desc: str = "closed loop") -> dict:
+                desc: str = "closed loop", paced: PacedOperator | None = None) -> dict:
     """A simulated operator follows the guidance from a random start, one
-    move per frame: the head's move, with 'hold' only where the hints would
-    show it (hints.hold_only_when_due: the quality head finds the view
-    diagnostic or flags lost contact); no smoothing across frames."""
+    move per frame: the head's move as the hints show it, with 'hold' only
+    where the quality head finds the view good or flags lost contact
+    (hints.hold_only_when_due) and never straight after its own reverse
+    (hints.no_straight_reversal); no smoothing across frames.
+
+    With `paced`, the operator instead reads the hints as the pipeline shows
+    them (hints.HintSmoother: smoothing, hysteresis and the reversal detour
+    over time) on a stream at `paced.fps`, and makes the shown move every
+    `paced.move_every_s`. The probe is still between moves, so the view is
+    rendered once per move and shown for that many frames."""
     from edge_assist.sim.patient import ERROR_NAMES, VirtualPatient
 
     pre = _preprocessor(heads)
@@ -218,6 +244,7 @@ def closed_loop(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, max_moves: int =
         vp.randomize_pose(np.random.default_rng([rng_seed, seed, k]))
         pre.reset()
         stacked = GuidanceFeed(g_frames)  # heads without memory: the last frames stacked
+        smoother = HintSmoother(paced.smoothing) if paced else None
         reference, last_move = None, None
         moves, success = 0, False
         while True:
@@ -232,7 +259,13 @@ def closed_loop(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, max_moves: int =
                 guidance = heads.guidance(*memory_inputs(reference, prep.tensor, last_move))
             else:
                 guidance = heads.guidance(*stacked.inputs(prep.tensor, moves))
-            action = hold_only_when_due(guidance, heads.quality(prep.tensor)).action
+            quality = heads.quality(prep.tensor)
+            if smoother is None:
+                action = no_straight_reversal(hold_only_when_due(guidance, quality), last_move).action
+            else:
+                for _ in range(paced.frames_per_move):
+                    shown = smoother.hints(moves, paced.clock_ns(), quality, guidance, None)
+                action = shown.guidance.action
             visited_ok += action == truth["action"]
             visited_n += 1
             vp.move(action)
@@ -341,7 +374,10 @@ def evaluate(engines: Path | None = None, *, quick: bool = False, backend: str =
         fm = frame_metrics(heads, frames, "eval frames")
         cl = closed_loop(heads, loop_seeds)
         result["quality"] = fm["quality"]
+        paced = closed_loop(heads, loop_seeds, desc="closed loop (paced)", paced=PacedOperator())
         result["guidance"] = {"top1": fm["guidance"]["top1"], **cl, "top1_by_action": fm["guidance"]["top1_by_action"],
+                              # the same starts, the operator reading the smoothed hints, a move every 0.5 s
+                              "closed_loop_paced": {k: paced[k] for k in ("closed_loop_success", "success_by_preset", "median_moves")},
                               # the same starts driven by the simulator's expert: the task is solvable in 40 moves
                               "expert_closed_loop_success": round(expert_closed_loop(loop_seeds), 4)}
         result["interpreter"] = fm["interpreter"]
@@ -373,7 +409,8 @@ def summary_lines(r: dict) -> list[str]:
     lines = [
         f"quality:     spearman {q.get('spearman')}  auroc {q.get('auroc')}  reasons macro-F1 {q.get('reasons_macro_f1')}",
         f"guidance:    top-1 {g.get('top1')}  closed-loop success {g.get('closed_loop_success')} "
-        f"({g.get('episodes')} episodes, median {g.get('median_moves')} moves)",
+        f"({g.get('episodes')} episodes, median {g.get('median_moves')} moves; "
+        f"following the smoothed hints, a move every 0.5 s: {(g.get('closed_loop_paced') or {}).get('closed_loop_success')})",
         f"interpreter: findings macro-F1 {i.get('findings_macro_f1')}  size MAE {i.get('size_mae_mm')} mm  "
         f"abstains on {i.get('abstain_correct')} of low-quality frames",
     ]
