@@ -55,6 +55,9 @@ DEFAULTS = {
     "headline": False,
     "repeat": 1,
     "parallel_heads": None,  # quality and guidance at the same time; default: the pipeline's (on for CPU sessions with the cores)
+    # Load all three heads: the interpreter model runs on every frame it is free for, whatever the quality
+    # score (its result still abstains below the manifest's gate). Default: only where the gate lets it.
+    "interpreter_always": False,
 }
 VARIANT_KEYS = {"label", "precision", "threads", "spinning", "device", "backend", "interpreter", "budget_ms", "fps", "mode",
                 "description", "parallel_heads"}
@@ -114,6 +117,8 @@ def load_scenario(path: Path) -> Scenario:
         raise EdgeAssistError(f"{where}: overload_factor must be a number above 1")
     if cfg["parallel_heads"] is not None and not isinstance(cfg["parallel_heads"], bool):
         raise EdgeAssistError(f"{where}: parallel_heads must be true or false (leave it out for the pipeline's default)")
+    if not isinstance(cfg["interpreter_always"], bool):
+        raise EdgeAssistError(f"{where}: interpreter_always must be true or false")
     if cfg["overload_factor"] and not cfg["prerender"]:
         raise EdgeAssistError(f"{where}: overload needs prerender > 0 (the replay source sets the rate)")
     targets = raw.get("targets", {})
@@ -309,7 +314,7 @@ def run_one(sc: Scenario, cfg: dict, manifest, cache: _Cache, run_id: str) -> tu
                 cal = run_pipeline_phase(src, heads, budget_ms=budget, every_frame=True,
                                          interpreter_mode=cfg["interpreter"] or "async", warmup_frames=30,
                                          duration_s=float(cfg["calibrate_s"]), capacity_hint=20000,
-                                         parallel_heads=cfg["parallel_heads"])
+                                         parallel_heads=cfg["parallel_heads"], interpreter_always=cfg["interpreter_always"])
             capacity = cal.frames["counted"] / cal.window_s
             fps = float(cfg["overload_factor"]) * capacity
             overload = {"capacity_fps": round(capacity, 2), "factor": cfg["overload_factor"], "source_fps": round(fps, 2),
@@ -326,7 +331,7 @@ def run_one(sc: Scenario, cfg: dict, manifest, cache: _Cache, run_id: str) -> tu
         with make(fps) as src:
             ph = run_pipeline_phase(src, heads, budget_ms=budget, every_frame=every, interpreter_mode=cfg["interpreter"],
                                     warmup_frames=warm, duration_s=duration, capacity_hint=hint,
-                                    parallel_heads=cfg["parallel_heads"])
+                                    parallel_heads=cfg["parallel_heads"], interpreter_always=cfg["interpreter_always"])
         phases["pipeline"] = ph
         tensor = ph.recorder.last_tensor
         if tensor is None:

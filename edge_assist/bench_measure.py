@@ -262,7 +262,7 @@ def _wait_until(pred, timeout_s: float, monitor: ResourceMonitor, what: str, ali
 
 
 def run_pipeline_phase(source, heads, *, budget_ms, every_frame, interpreter_mode, warmup_frames, duration_s,
-                       capacity_hint: int, parallel_heads: bool | None = None) -> Phase:
+                       capacity_hint: int, parallel_heads: bool | None = None, interpreter_always: bool = False) -> Phase:
     """Run the real Pipeline: warm-up frames are not counted; then the
     measured window lasts duration_s; then stop()."""
     from edge_assist.pipeline import Pipeline
@@ -270,7 +270,8 @@ def run_pipeline_phase(source, heads, *, budget_ms, every_frame, interpreter_mod
     rec = FrameRecorder(capacity_hint)
     mon = ResourceMonitor()
     pipe = Pipeline(source, heads, [], budget_ms=budget_ms, every_frame=every_frame, interpreter_mode=interpreter_mode,
-                    on_result=rec.on_result, warmup_frames=warmup_frames, parallel_heads=parallel_heads)
+                    on_result=rec.on_result, warmup_frames=warmup_frames, parallel_heads=parallel_heads,
+                    interpreter_always=interpreter_always)
     src_dropped = lambda: source_drops(source)  # noqa: E731
     mon.sample()
     pipe.start()
@@ -319,7 +320,8 @@ def run_pipeline_phase(source, heads, *, budget_ms, every_frame, interpreter_mod
     frames["window_processed"] = int(np.count_nonzero((v["t_done_ns"] >= t_w0) & (v["t_done_ns"] <= t_w1)))
     window_s = (t_w1 - t_w0) / 1e9
     ph = Phase("pipeline", stages, e2e, service, frames, window_s, pipe.budget_ms, rec, mon, (t_w0, t_w1),
-               extra={"interpreter_mode": pipe.interpreter_mode, "mode": s["mode"], "ended": s["ended"],
+               extra={"interpreter_mode": pipe.interpreter_mode, "interpreter_always": pipe.interpreter_always,
+                      "mode": s["mode"], "ended": s["ended"],
                       "heads_parallel": pipe.parallel_heads, "heads_mode": s["heads_mode"],
                       "heads_parallel_share": round(s["heads_parallel_share"], 4)})
     # fps from frames completed inside the window (frames after the warm-up are

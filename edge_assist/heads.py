@@ -180,9 +180,12 @@ class HeadSet:
         h = self.heads["guidance"]
         return decode_guidance(h.spec, h.run(tensor, action))
 
-    def interpreter(self, tensor, *, frame_index, quality, mm_per_px) -> InterpreterResult:
+    def interpreter(self, tensor, *, frame_index, quality, mm_per_px, run_always: bool = False) -> InterpreterResult:
+        """Findings, or an abstention below the manifest's quality gate.
+        run_always (benchmarks) runs the model below the gate too, for its
+        cost; the result still abstains there."""
         h = self.heads["interpreter"]
-        if quality.score < float(h.spec.decode.get("quality_threshold", QUALITY_THRESHOLD)):
+        if quality.score < float(h.spec.decode.get("quality_threshold", QUALITY_THRESHOLD)) and not run_always:
             # Abstain without spending the time to run the model.
             return decode_interpreter(h.spec, {}, frame_index=frame_index, quality=quality, mm_per_px=mm_per_px, input_hw=self.input_size)
         return decode_interpreter(

@@ -221,12 +221,14 @@ def test_looping_dicom_keeps_its_rhythm_across_the_seam():
 
 def test_bundled_scenarios_load():
     avail = available_scenarios()
-    for name in ("live-30", "live-60", "asap", "dicom-replay", "overload", "precision", "threads"):
+    for name in ("live-30", "live-60", "live-60-all-heads", "asap", "dicom-replay", "overload", "precision", "threads"):
         assert name in avail, name
         sc = load_scenario(avail[name])
         assert sc.cfg["source"]
     assert load_scenario(avail["live-60"]).targets["e2e_p99_ms"] == 16.7
     assert load_scenario(avail["overload"]).cfg["overload_factor"] == 4.0
+    assert load_scenario(avail["live-60-all-heads"]).cfg["interpreter_always"] is True
+    assert load_scenario(avail["live-60"]).cfg["interpreter_always"] is False
 
 
 @pytest.mark.parametrize(
@@ -239,6 +241,7 @@ def test_bundled_scenarios_load():
         ('source = "synthetic:"\n[targets]\np42 = 1\n', "unknown target"),
         ('source = "synthetic:"\n[[variants]]\nthreads = 2\n', "needs a `label`"),
         ('source = "synthetic:"\nparallel_heads = "yes"\n', "parallel_heads must be true or false"),
+        ('source = "synthetic:"\ninterpreter_always = 1\n', "interpreter_always must be true or false"),
     ],
 )
 def test_bad_scenarios_are_one_line_errors(tmp_path, tiny_engines, capsys, text, words):

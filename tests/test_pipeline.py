@@ -134,6 +134,26 @@ def test_interpreter_abstains_on_poor_images(tmp_path):
     assert all("insufficient" in r.hints.interpreter.text for r in results)
 
 
+def test_interpreter_always_runs_the_model_but_still_abstains(tmp_path, no_thread_leak):
+    """Benchmarks load all three heads: below the quality gate the model
+    runs (its cost is measured), and the result still abstains."""
+    from tiny_models import write_tiny_engines
+
+    engines = write_tiny_engines(tmp_path / "e", quality_bias=-8.0)
+    for mode in ("sync", "async"):
+        results = []
+        with make_heads(engines, {}) as heads, SyntheticSource(10, live=False) as src:
+            pipe = Pipeline(src, heads, every_frame=True, interpreter_mode=mode, interpreter_always=True, on_result=results.append)
+            s = pipe.run()
+        assert s["interpreter_always"] is True
+        assert s["interpreter_runs"] >= (10 if mode == "sync" else 1), mode
+        assert pipe.log.samples("interpreter"), "the model's time is logged"
+        assert all(r.hints.interpreter is None or r.hints.interpreter.abstained for r in results), mode
+    with make_heads(engines, {}) as heads, SyntheticSource(10, live=False) as src:
+        s = Pipeline(src, heads, every_frame=True, interpreter_mode="sync").run()
+    assert s["interpreter_runs"] == 0 and s["interpreter_always"] is False  # the default: the gate decides
+
+
 def test_bad_frames_are_skipped_and_counted(tiny_engines):
     bad = {3: np.zeros((96, 96), np.float32), 5: np.zeros((50, 70), np.uint8), 7: np.zeros((2, 2), np.uint8)}
     seen = []
