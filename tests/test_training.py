@@ -213,6 +213,9 @@ def test_eval_quick_returns_the_keys_without_torch(tiny_engines_128):
     assert set(g["final_within_tolerance"]) == pose and set(g["final_error_median_tol"]) == pose
     assert all(0.0 <= v <= 1.0 for v in g["final_within_tolerance"].values())
     assert all(v >= 0.0 for v in g["final_error_median_tol"].values())
+    hold = g["hold_said"]  # where the hints say hold: at, near and off the target view
+    assert set(hold) >= {"at_target", "within_tolerance", "one_component_off", "head_alone"}
+    assert all(0.0 <= hold[k] <= 1.0 for k in ("at_target", "within_tolerance", "one_component_off"))
     paced = g["closed_loop_paced"]  # the same starts, following the smoothed hints
     assert 0.0 <= paced["closed_loop_success"] <= 1.0 and set(paced["success_by_preset"]) == set(g["success_by_preset"])
     # the expert reaches the target from the same starts: the task itself is solvable

@@ -290,6 +290,41 @@ def closed_loop(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, max_moves: int =
     }
 
 
+def hold_decisions(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, rng_seed: int = RNG_SEED) -> dict:
+    """Does the hints' `hold` tell the operator that the view is reached?
+    The closed loop cannot say: it ends as soon as the view is reached,
+    before the hints are read there. The share of views on which the hints
+    say hold (hints.hold_only_when_due; the head alone in brackets): at
+    the target view exactly, at random poses within its tolerances, and
+    with one pose component 1.5-3 tolerances off (the others within 0.3 of
+    theirs), where hold is wrong."""
+    from edge_assist.sim.patient import ERROR_KEYS, VirtualPatient
+
+    pre = _preprocessor(heads)
+    g_frames, memory = heads.frames_for("guidance"), heads.has_memory()
+    said = {kind: [] for kind in ("at_target", "within_tolerance", "one_component_off")}
+    head = {kind: [] for kind in said}
+    for k, (preset, seed) in enumerate([(p, s) for s in seeds for p in presets]):
+        vp = VirtualPatient(preset, seed, live_speckle=True)
+        rng = np.random.default_rng([rng_seed, seed, k, 0x401D])
+        for kind in said:
+            vp.reset_to_target()
+            if kind == "within_tolerance":
+                vp.set_pose_error(**{c: float(rng.uniform(-0.9, 0.9) * vp.tol[c]) for c in ERROR_KEYS})
+            elif kind == "one_component_off":
+                off = str(rng.choice(ERROR_KEYS))
+                vp.set_pose_error(**{c: float(rng.choice([-1, 1]) * rng.uniform(*((1.5, 3.0) if c == off else (0.0, 0.3))) * vp.tol[c])
+                                     for c in ERROR_KEYS})
+            image, _ = vp.render()
+            pre.reset()
+            prep = pre(Frame(image, 0, 0, region=vp.region))
+            g = heads.guidance(*(memory_inputs(None, prep.tensor, None) if memory else GuidanceFeed(g_frames).inputs(prep.tensor, 0)))
+            head[kind].append(g.action == "hold")
+            said[kind].append(hold_only_when_due(g, heads.quality(prep.tensor)).action == "hold")
+    return {**{kind: round(float(np.mean(v)), 3) for kind, v in said.items()},
+            "head_alone": {kind: round(float(np.mean(v)), 3) for kind, v in head.items()}, "views_each": len(said["at_target"])}
+
+
 def expert_closed_loop(seeds, presets=EXAM_PRESETS, max_moves: int = MAX_MOVES, rng_seed: int = RNG_SEED, refined: bool = True) -> float:
     """The same loop driven by the simulator's policy (a reference ceiling)."""
     from edge_assist.sim.patient import VirtualPatient
@@ -378,6 +413,8 @@ def evaluate(engines: Path | None = None, *, quick: bool = False, backend: str =
         result["guidance"] = {"top1": fm["guidance"]["top1"], **cl, "top1_by_action": fm["guidance"]["top1_by_action"],
                               # the same starts, the operator reading the smoothed hints, a move every 0.5 s
                               "closed_loop_paced": {k: paced[k] for k in ("closed_loop_success", "success_by_preset", "median_moves")},
+                              # share of views on which the hints say hold: right at the target, wrong when off
+                              "hold_said": hold_decisions(heads, list(EVAL_SEEDS)[2000 : 2000 + size.loop_seeds]),
                               # the same starts driven by the simulator's expert: the task is solvable in 40 moves
                               "expert_closed_loop_success": round(expert_closed_loop(loop_seeds), 4)}
         result["interpreter"] = fm["interpreter"]
@@ -411,6 +448,8 @@ def summary_lines(r: dict) -> list[str]:
         f"guidance:    top-1 {g.get('top1')}  closed-loop success {g.get('closed_loop_success')} "
         f"({g.get('episodes')} episodes, median {g.get('median_moves')} moves; "
         f"following the smoothed hints, a move every 0.5 s: {(g.get('closed_loop_paced') or {}).get('closed_loop_success')})",
+        "hints say hold: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in (g.get("hold_said") or {}).items()
+                                       if not isinstance(v, dict) and k != "views_each"),
         f"interpreter: findings macro-F1 {i.get('findings_macro_f1')}  size MAE {i.get('size_mae_mm')} mm  "
         f"abstains on {i.get('abstain_correct')} of low-quality frames",
     ]
