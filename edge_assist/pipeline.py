@@ -483,16 +483,17 @@ class Pipeline:
         if self._chooser is not None:
             self._chooser.add(parallel, stages["quality"] + stages["guidance_wait"])
         ran = False
-        wanted = q.score >= self._interp_gate or self.interpreter_always
-        if not wanted:
-            interp = self._abstain(frame.index)  # never show findings for a poor image
-        elif worker is None:
+        readable = q.score >= self._interp_gate
+        wanted = readable or self.interpreter_always  # the model runs (benchmarks: always)
+        if worker is None and wanted:
             interp = self.heads.interpreter(prep.tensor, frame_index=frame.index, quality=q, mm_per_px=prep.mm_per_px,
                                             run_always=self.interpreter_always)
             ran = True
             lap("interpreter")
         else:
-            interp = worker.latest()
+            interp = worker.latest() if worker is not None else None
+        if not readable:
+            interp = self._abstain(frame.index)  # never show findings for a poor image
         hints = self.smoother.hints(frame.index, frame.t_capture_ns, q, g, interp)
         self._guidance.record(frame.t_capture_ns, prep.tensor, hints.guidance.action)
         lap("hints")

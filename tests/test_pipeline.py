@@ -148,7 +148,7 @@ def test_interpreter_always_runs_the_model_but_still_abstains(tmp_path, no_threa
         assert s["interpreter_always"] is True
         assert s["interpreter_runs"] >= (10 if mode == "sync" else 1), mode
         assert pipe.log.samples("interpreter"), "the model's time is logged"
-        assert all(r.hints.interpreter is None or r.hints.interpreter.abstained for r in results), mode
+        assert all(r.hints.interpreter.abstained for r in results), mode  # a poor frame never shows findings
     with make_heads(engines, {}) as heads, SyntheticSource(10, live=False) as src:
         s = Pipeline(src, heads, every_frame=True, interpreter_mode="sync").run()
     assert s["interpreter_runs"] == 0 and s["interpreter_always"] is False  # the default: the gate decides
