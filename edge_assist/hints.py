@@ -108,8 +108,7 @@ class HintSmoother:
             self._action_p[name] = self._ema(self._action_p.get(name), p)
         if self._barred is not None and t_ns >= self._barred_until_ns:
             self._barred = None
-        offered = {a: p for a, p in self._action_p.items() if a != self._barred}
-        best = max(offered, key=offered.get)
+        best = max((a for a in self._action_p if a != self._barred), key=self._action_p.get)
         if self._action is None:
             self._action = best
         elif best != self._action:

@@ -490,10 +490,10 @@ class Pipeline:
                                             run_always=self.interpreter_always)
             ran = True
             lap("interpreter")
-        else:
-            interp = worker.latest() if worker is not None else None
         if not readable:
             interp = self._abstain(frame.index)  # never show findings for a poor image
+        elif worker is not None:
+            interp = worker.latest()
         hints = self.smoother.hints(frame.index, frame.t_capture_ns, q, g, interp)
         self._guidance.record(frame.t_capture_ns, prep.tensor, hints.guidance.action)
         lap("hints")

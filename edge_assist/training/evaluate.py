@@ -301,7 +301,7 @@ def hold_decisions(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, rng_seed: int
     from edge_assist.sim.patient import ERROR_KEYS, VirtualPatient
 
     pre = _preprocessor(heads)
-    g_frames, memory = heads.frames_for("guidance"), heads.has_memory()
+    spec = heads.heads["guidance"].spec
     said = {kind: [] for kind in ("at_target", "within_tolerance", "one_component_off")}
     head = {kind: [] for kind in said}
     for k, (preset, seed) in enumerate([(p, s) for s in seeds for p in presets]):
@@ -318,7 +318,7 @@ def hold_decisions(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, rng_seed: int
             image, _ = vp.render()
             pre.reset()
             prep = pre(Frame(image, 0, 0, region=vp.region))
-            g = heads.guidance(*(memory_inputs(None, prep.tensor, None) if memory else GuidanceFeed(g_frames).inputs(prep.tensor, 0)))
+            g = heads.guidance(*GuidanceFeed.for_head(spec).inputs(prep.tensor, 0))  # one still frame, no move before it
             head[kind].append(g.action == "hold")
             said[kind].append(hold_only_when_due(g, heads.quality(prep.tensor)).action == "hold")
     return {**{kind: round(float(np.mean(v)), 3) for kind, v in said.items()},
