@@ -216,6 +216,7 @@ def test_eval_quick_returns_the_keys_without_torch(tiny_engines_128):
     hold = g["hold_said"]  # where the hints say hold: at, near and off the target view
     assert set(hold) >= {"at_target", "within_tolerance", "one_component_off", "head_alone"}
     assert all(0.0 <= hold[k] <= 1.0 for k in ("at_target", "within_tolerance", "one_component_off"))
+    assert 0.0 <= g["view_reached"] <= 1.0  # the diagnostic: the target view judged by what the beam cuts
     paced = g["closed_loop_paced"]  # the same starts, following the smoothed hints
     assert 0.0 <= paced["closed_loop_success"] <= 1.0 and set(paced["success_by_preset"]) == set(g["success_by_preset"])
     # the expert reaches the target from the same starts: the task itself is solvable
@@ -315,6 +316,8 @@ def test_train_all_tiny_end_to_end(tmp_path):
     assert set(manifest.heads) == {"quality", "guidance", "interpreter"}
     raw = json.loads((out / "manifest.json").read_text())
     assert raw["heads"]["interpreter"]["decode"]["quality_threshold"] >= 0.5
+    # the teacher and the student train on more patients than the other heads
+    assert "of 3 patients per preset" in raw["data"]["interpreter_frames"]
     assert "int8" in raw and set(raw["int8"]["heads"]) == {"quality", "guidance", "interpreter"}
     for name, h in raw["heads"].items():
         assert h["parity_max_abs_diff"] <= 1e-4
@@ -328,3 +331,35 @@ def test_train_all_tiny_end_to_end(tmp_path):
     with HeadSet(manifest) as heads:
         x = np.zeros((1, 1, 128, 128), np.float32)
         assert 0.0 <= heads.quality(x).score <= 1.0
+
+
+def test_view_judge_sees_the_target_view_by_what_the_beam_cuts():
+    """ViewJudge: the target view passes; a slide across the plane that a fan
+    brings back passes by the view even where the per-component test fails;
+    a large slide along the image, a wrong depth and an artefact fail."""
+    from edge_assist.sim.patient import VirtualPatient
+    from edge_assist.training.evaluate import ViewJudge
+
+    vp = VirtualPatient("liver", 50_123, image_size=(64, 64))
+    judge = ViewJudge(vp)
+    _, truth = vp.render()
+    assert truth["at_target"] and judge.view_change() == 0.0 and judge.reached(truth)
+    vp.set_pose_error(u=3 * vp.tol["u"])
+    _, truth = vp.render()
+    assert judge.view_change() > 1.0 and not judge.reached(truth)
+    vp.set_pose_error(w=1.5 * vp.tol["w"])  # across the plane: the view changes
+    _, truth = vp.render()
+    assert not truth["at_target"] and judge.view_change() > 1.0 and not judge.reached(truth)
+    vp.set_pose_error(w=1.5 * vp.tol["w"], fan=-1.0 * vp.tol["fan"])  # and a fan that brings the beam back over the organ
+    _, truth = vp.render()
+    assert not truth["at_target"] and judge.view_change() <= 1.0 and judge.reached(truth)
+    vp.reset_to_target()
+    vp.set_pose(depth=vp.target["depth"] + 2 * vp.tol["depth"])
+    shown = vp.pose["depth"]
+    _, truth = vp.render()
+    assert judge.view_change() == 0.0 and not judge.reached(truth)  # same anatomy cut, but depth is off
+    assert vp.pose["depth"] == shown != vp.target["depth"]  # the judge leaves the display depth alone
+    vp.reset_to_target()
+    vp.apply_degradations({"contact": 0.5})
+    _, truth = vp.render()
+    assert not judge.reached(truth)

@@ -218,8 +218,46 @@ class PacedOperator:
         return self._t_ns
 
 
+class ViewJudge:
+    """Is the view on screen the target view, judged by what the beam cuts
+    rather than one pose component at a time? True when the tissue under the
+    beam (at the target depth, sim.tolerance.view_change) differs from the
+    target view's no more than a one-tolerance in-plane slide changes it
+    (the budget the out-of-plane tolerances were measured against), depth
+    and gain are within their tolerances, and the truth flags nothing but
+    off_target. A diagnostic beside the closed loop's success (which judges
+    each component against its tolerance): an elevational slide and a fan
+    that cancel at the organ's depth show the target view but fail that test.
+    Build it while the patient is at its target pose."""
+
+    def __init__(self, vp):
+        from edge_assist.sim.patient import TOL
+        from edge_assist.sim.tolerance import view_change
+
+        vp.reset_to_target()
+        self.vp = vp
+        self.reference = vp.view_tissues()
+        self.budget = max(view_change(vp, self.reference, u=TOL["u"]), 1e-9)
+
+    def view_change(self) -> float:
+        """The current view's change, in units of the budget."""
+        vp = self.vp
+        depth = vp.pose["depth"]
+        vp.set_pose(depth=vp.target["depth"])  # the anatomy cut, whatever the display depth
+        try:
+            return float((vp.view_tissues() != self.reference).mean()) / self.budget
+        finally:
+            vp.set_pose(depth=depth)
+
+    def reached(self, truth: dict) -> bool:
+        e = truth["pose_error"]
+        vp = self.vp
+        return (abs(e["depth_mm"]) <= vp.tol["depth"] and abs(e["gain_db"]) <= vp.tol["gain"]
+                and set(truth["reasons"]) <= {"off_target"} and self.view_change() <= 1.0)
+
+
 def closed_loop(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, max_moves: int = MAX_MOVES, rng_seed: int = RNG_SEED,
-                desc: str = "closed loop", paced: PacedOperator | None = None) -> dict:
+                desc: str = "closed loop", paced: PacedOperator | None = None, judge_view: bool = False) -> dict:
     """A simulated operator follows the guidance from a random start, one
     move per frame: the head's move as the hints show it, with 'hold' only
     where the quality head finds the view good or flags lost contact
@@ -230,7 +268,11 @@ def closed_loop(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, max_moves: int =
     them (hints.HintSmoother: smoothing, hysteresis and the reversal detour
     over time) on a stream at `paced.fps`, and makes the shown move every
     `paced.move_every_s`. The probe is still between moves, so the view is
-    rendered once per move and shown for that many frames."""
+    rendered once per move and shown for that many frames.
+
+    With `judge_view`, also `view_reached`: the share of episodes that pass
+    through the target view as ViewJudge sees it (a diagnostic; the loop
+    still runs until success as defined above or max_moves)."""
     from edge_assist.sim.patient import ERROR_NAMES, VirtualPatient
 
     pre = _preprocessor(heads)
@@ -241,14 +283,16 @@ def closed_loop(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, max_moves: int =
     visited_ok = visited_n = 0
     for k, (preset, seed) in enumerate(progress(episodes, desc=desc)):
         vp = VirtualPatient(preset, seed, live_speckle=True)
+        judge = ViewJudge(vp) if judge_view else None
         vp.randomize_pose(np.random.default_rng([rng_seed, seed, k]))
         pre.reset()
         stacked = GuidanceFeed(g_frames)  # heads without memory: the last frames stacked
         smoother = HintSmoother(paced.smoothing) if paced else None
         reference, last_move = None, None
-        moves, success = 0, False
+        moves, success, view_reached = 0, False, False
         while True:
             image, truth = vp.render()
+            view_reached = view_reached or (judge is not None and judge.reached(truth))
             if truth["at_target"] and truth["quality"] >= QUALITY_THRESHOLD:
                 success = True
                 break
@@ -272,11 +316,13 @@ def closed_loop(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, max_moves: int =
             reference, last_move = prep.tensor, action
             moves += 1
         pe = vp.pose_error()
-        results.append({"preset": preset, "seed": seed, "success": success, "moves": moves, "final_error": pe["total"],
+        results.append({"preset": preset, "seed": seed, "success": success, "view_reached": view_reached, "moves": moves,
+                        "final_error": pe["total"],
                         "final": {k: abs(float(pe[name])) / vp.tol[k] for k, name in ERROR_NAMES.items()}})
     succ = np.array([r["success"] for r in results])
     moves = np.array([r["moves"] for r in results])
     final = {k: np.array([r["final"][k] for r in results]) for k in ERROR_NAMES}
+    view = {"view_reached": round(float(np.mean([r["view_reached"] for r in results])), 4)} if judge_view else {}
     return {
         "closed_loop_success": round(float(succ.mean()), 4),
         "median_moves": float(np.median(moves[succ])) if succ.any() else float("nan"),
@@ -287,6 +333,7 @@ def closed_loop(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, max_moves: int =
         # target view's tolerance): which corrections the hints fail to make.
         "final_within_tolerance": {k: round(float((v <= 1.0).mean()), 3) for k, v in final.items()},
         "final_error_median_tol": {k: round(float(np.median(v)), 2) for k, v in final.items()},
+        **view,
     }
 
 
@@ -407,7 +454,7 @@ def evaluate(engines: Path | None = None, *, quick: bool = False, backend: str =
     result: dict = {}
     with HeadSet(manifest, backend=backend, precision="fp32", threads=threads) as heads:
         fm = frame_metrics(heads, frames, "eval frames")
-        cl = closed_loop(heads, loop_seeds)
+        cl = closed_loop(heads, loop_seeds, judge_view=True)
         result["quality"] = fm["quality"]
         paced = closed_loop(heads, loop_seeds, desc="closed loop (paced)", paced=PacedOperator())
         result["guidance"] = {"top1": fm["guidance"]["top1"], **cl, "top1_by_action": fm["guidance"]["top1_by_action"],
@@ -448,6 +495,7 @@ def summary_lines(r: dict) -> list[str]:
         f"guidance:    top-1 {g.get('top1')}  closed-loop success {g.get('closed_loop_success')} "
         f"({g.get('episodes')} episodes, median {g.get('median_moves')} moves; "
         f"following the smoothed hints, a move every 0.5 s: {(g.get('closed_loop_paced') or {}).get('closed_loop_success')})",
+        f"target view judged by the view (diagnostic): passed through in {g.get('view_reached')} of the episodes",
         "hints say hold: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in (g.get("hold_said") or {}).items()
                                        if not isinstance(v, dict) and k != "views_each"),
         f"interpreter: findings macro-F1 {i.get('findings_macro_f1')}  size MAE {i.get('size_mae_mm')} mm  "
