@@ -37,8 +37,7 @@ def detour_move(probs: dict[str, float], previous: str) -> str | None:
     """The move to show instead of undoing `previous`: the head's best move
     that neither reverses it nor repeats it (None when it offers no other)."""
     banned = (previous, REVERSE_ACTION.get(previous))
-    others = {a: p for a, p in probs.items() if a not in banned and p > 0.0}
-    return max(others, key=others.get) if others else None
+    return max((a for a, p in probs.items() if a not in banned and p > 0.0), key=probs.get, default=None)
 
 
 def no_straight_reversal(g: GuidanceResult, previous: str | None) -> GuidanceResult:

@@ -526,8 +526,9 @@ def train_all(out: Path, *, plan: Plan = PLANS["full"], work: Path = Path("data/
     frames_va = sim_frames(va_seeds, plan.frames_per_seed, seed + 1, data_dir, workers=workers, name="frames-val")
     # the interpreter's: the same patients and more (the same chunked draws: the first ones are frames_tr's)
     ex_seeds = list(TRAIN_SEEDS)[plan.train_seeds : plan.train_seeds + plan.interpreter_extra_seeds]
-    frames_itr = concat(frames_tr, sim_frames(ex_seeds, plan.frames_per_seed, seed, data_dir, workers=workers, name="frames-train")) \
-        if ex_seeds else frames_tr
+    frames_itr = frames_tr
+    if ex_seeds:
+        frames_itr = concat(frames_tr, sim_frames(ex_seeds, plan.frames_per_seed, seed, data_dir, workers=workers, name="frames-train"))
     roll_tr = rollouts(tr_seeds, plan.rollout_episodes, seed + 2, data_dir, eps=plan.rollout_eps, max_moves=plan.max_moves,
                        workers=workers, name="rollouts0-train")
     roll_va = rollouts(va_seeds, plan.rollout_episodes, seed + 3, data_dir, eps=plan.rollout_eps, max_moves=plan.max_moves,
