@@ -338,7 +338,6 @@ def run_naive_phase(source, heads, *, budget_ms, warmup_frames, duration_s, capa
     every frame (the interpreter too, whatever the quality), smooth, deliver;
     one thread, no slot, no gating. Reads are in order: a slow loop gets the
     source's buffered (stale) frames, and the source drops what overflows."""
-    from edge_assist.heads import decode_interpreter
     from edge_assist.hints import HintSmoother
     from edge_assist.pipeline import precise_timers
     from edge_assist.preprocess import Preprocessor
@@ -348,7 +347,6 @@ def run_naive_phase(source, heads, *, budget_ms, warmup_frames, duration_s, capa
     pre = Preprocessor(size=heads.input_size, mean=float(pre_cfg.get("mean", 0.0)), std=float(pre_cfg.get("std", 1.0)))
     smoother = HintSmoother()
     guidance = GuidanceFeed.for_head(heads.heads["guidance"].spec)
-    h_int = heads.heads["interpreter"]
     rec = FrameRecorder(capacity_hint)
     mon = ResourceMonitor()
     stages: dict[str, list[float]] = {k: [] for k in STAGES}
@@ -398,8 +396,8 @@ def run_naive_phase(source, heads, *, budget_ms, warmup_frames, duration_s, capa
         lap("quality")
         g = heads.guidance(*guidance.inputs(prep.tensor, frame.t_capture_ns))
         lap("guidance")
-        interp = decode_interpreter(h_int.spec, h_int.run(prep.tensor), frame_index=frame.index, quality=q,
-                                    mm_per_px=prep.mm_per_px, input_hw=heads.input_size)
+        interp = heads.interpreter(prep.tensor, frame_index=frame.index, quality=q, mm_per_px=prep.mm_per_px, run_always=True,
+                                   source=(frame.pixels, prep.region))
         lap("interpreter")
         hints = smoother.hints(frame.index, frame.t_capture_ns, q, g, interp)
         guidance.record(frame.t_capture_ns, prep.tensor, hints.guidance.action)

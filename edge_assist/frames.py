@@ -87,6 +87,9 @@ class Finding:
     # What was measured: a closed polygon of [x, y] fractions of the interpreter's input image
     # (the scan-region crop of the frame the finding is from); None when not measured.
     lesion_outline: list[list[float]] | None = None
+    # Echogenicity and margins (and the size, when measured there) come from the lesion
+    # head's second look at the source's own resolution (edge_assist.lesion_crop).
+    second_look: bool = False
 
 
 @dataclass

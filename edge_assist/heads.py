@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from dataclasses import dataclass
+
 from edge_assist import lexicon
 from edge_assist.backends import InferenceBackend, open_backend
 from edge_assist.errors import BackendError, ManifestError
-from edge_assist.frames import Finding, GuidanceResult, InterpreterResult, QualityResult
+from edge_assist.frames import Finding, GuidanceResult, InterpreterResult, QualityResult, ScanRegion
 from edge_assist.guidance_memory import one_hot
-from edge_assist.lesion_measure import lesion_size_frac
+from edge_assist.lesion_crop import CropBox, box_from_measurement, cut, depth_fraction, depth_third
+from edge_assist.lesion_measure import lesion_size_frac, measure_on_mask
 from edge_assist.manifest import HeadSpec, Manifest
 from edge_assist.vocab import ABSTAIN_TEXT, ABSTAIN_TEXT_ZH, QUALITY_THRESHOLD
 
@@ -84,6 +87,56 @@ def decode_guidance(spec: HeadSpec, out: dict[str, np.ndarray]) -> GuidanceResul
     return GuidanceResult(action=labels[i], confidence=float(probs[i]), probs={n: float(p) for n, p in zip(labels, probs)})
 
 
+@dataclass(frozen=True)
+class LesionLook:
+    """The lesion head's reading of one crop (decode_lesion)."""
+
+    echo_probs: np.ndarray
+    margin_probs: np.ndarray
+    size_mm: float | None  # long axis measured on its mask; None when the mask shows nothing or spacing is unknown
+    outline: tuple[tuple[float, float], ...]  # what was measured, [x, y] fractions of the scan region
+    location: str | None = None  # the depth third of its mask's centre; None when the mask shows nothing
+
+
+def lesion_decided(spec: HeadSpec, out: dict[str, np.ndarray]) -> bool:
+    """Whether the interpreter's raw outputs report a lesion (its decode's rule)."""
+    p = float(_sigmoid(np.asarray(out["lesion"], dtype=np.float64).reshape(-1)[0] / float(spec.decode.get("temperature", 1.0))))
+    return p >= float(spec.decode.get("lesion_threshold", 0.5))
+
+
+def lesion_box(spec: HeadSpec, interp_mask: np.ndarray | None, region_hw: tuple[int, int]) -> CropBox | None:
+    """Where the lesion head looks: around the region the interpreter's mask
+    shows (at the lesion head's box threshold), in scan-region pixels."""
+    if interp_mask is None:
+        return None
+    dec = spec.decode
+    m = measure_on_mask(interp_mask, threshold=float(dec.get("box_threshold", 0.1)), min_cells=1, with_outline=False)
+    if m is None:
+        return None
+    return box_from_measurement(m.centre, m.extent, region_hw, context=float(dec.get("context", 2.5)),
+                                min_side=float(dec.get("min_side_px", 24)))
+
+
+def decode_lesion(spec: HeadSpec, out: dict[str, np.ndarray], box: CropBox, region_hw: tuple[int, int],
+                  spacing_mm: tuple[float, float] | None, fan_mask: np.ndarray | None = None) -> LesionLook:
+    """Echogenicity and margins probabilities, and the lesion measured on the
+    head's mask: its long axis in mm (with the source's row spacing) and the
+    depth third its centre lies in (on the scan region's depth scale)."""
+    temp = float(spec.decode.get("temperature", 1.0))
+    echo = _softmax(np.asarray(out["echogenicity"], dtype=np.float64).reshape(-1), temp)
+    margins = _softmax(np.asarray(out["margins"], dtype=np.float64).reshape(-1), temp)
+    m = measure_on_mask(out["mask"])
+    size_mm, outline, location = None, (), None
+    if m is not None:
+        x0, y0, side = box.grid()
+        h, w = region_hw
+        outline = tuple((round((x0 + fx * side) / w, 4), round((y0 + fy * side) / h, 4)) for fx, fy in m.outline)
+        location = depth_third(depth_fraction(y0 + m.centre[1] * side, region_hw, fan_mask))
+        if spacing_mm is not None:
+            size_mm = round(m.extent * side * float(spacing_mm[0]), 1)
+    return LesionLook(echo, margins, size_mm, outline, location)
+
+
 def decode_interpreter(
     spec: HeadSpec,
     out: dict[str, np.ndarray],
@@ -92,8 +145,11 @@ def decode_interpreter(
     quality: QualityResult,
     mm_per_px: tuple[float, float] | None,
     input_hw: tuple[int, int],
+    look: LesionLook | None = None,
 ) -> InterpreterResult:
-    """Findings and a template sentence; abstains below the quality threshold."""
+    """Findings and a template sentence; abstains below the quality threshold.
+    With the lesion head's look, its echogenicity and margins (and its size
+    where it measured one) replace the interpreter's."""
     q_thr = float(spec.decode.get("quality_threshold", QUALITY_THRESHOLD))
     if quality.score < q_thr:
         return InterpreterResult(frame_index, True, ABSTAIN_TEXT, None, ABSTAIN_TEXT_ZH)
@@ -106,27 +162,37 @@ def decode_interpreter(
     size_mm = echo = margins = location = None
     measurement = None
     confs = [max(p_lesion, 1 - p_lesion)] + [max(p, 1 - p) for p in s_probs]
+    outline = None
     if lesion:
-        def pick(role, names):
-            p = _softmax(np.asarray(out[role], dtype=np.float64).reshape(-1), temp)
-            i = int(np.argmax(p))
-            confs.append(float(p[i]))
+        def pick(probs, names):
+            i = int(np.argmax(probs))
+            confs.append(float(probs[i]))
             return names[i]
 
-        echo = pick("echogenicity", lab["echogenicity"])
-        margins = pick("margins", lab["margins"])
-        location = pick("location", lab["locations"])
-        # Size as a fraction of the input height: measured on the lesion mask
-        # when the model has one and it shows the lesion, else regressed. mm
-        # only when the source told us the pixel spacing — never invented.
-        frac, measurement = lesion_size_frac(float(np.asarray(out["size"]).reshape(-1)[0]), out.get("mask"))
-        if mm_per_px is not None and frac > 0:
-            size_mm = round(frac * input_hw[0] * mm_per_px[0], 1)
+        def own(role):
+            return _softmax(np.asarray(out[role], dtype=np.float64).reshape(-1), temp)
+
+        echo = pick(look.echo_probs if look else own("echogenicity"), lab["echogenicity"])
+        margins = pick(look.margin_probs if look else own("margins"), lab["margins"])
+        if look is not None and look.location in lab["locations"]:
+            location = look.location  # where its mask lies, not a guess from the whole frame
+        else:
+            location = pick(own("location"), lab["locations"])
+        if look is not None and look.size_mm is not None:
+            size_mm, outline = look.size_mm, [list(pt) for pt in look.outline]
+        else:
+            # Size as a fraction of the input height: measured on the lesion mask
+            # when the model has one and it shows the lesion, else regressed. mm
+            # only when the source told us the pixel spacing — never invented.
+            frac, measurement = lesion_size_frac(float(np.asarray(out["size"]).reshape(-1)[0]), out.get("mask"))
+            if mm_per_px is not None and frac > 0:
+                size_mm = round(frac * input_hw[0] * mm_per_px[0], 1)
+            if size_mm is not None and measurement is not None:
+                outline = [list(pt) for pt in measurement.outline]
     # Joint confidence: the weakest of the decisions the sentence rests on.
     confidence = float(min(confs))
-    measured = size_mm is not None and measurement is not None
-    finding = Finding(structures, lesion, p_lesion, size_mm, echo, margins, location, confidence, size_measured=measured,
-                      lesion_outline=[list(pt) for pt in measurement.outline] if measured else None)
+    finding = Finding(structures, lesion, p_lesion, size_mm, echo, margins, location, confidence, size_measured=outline is not None,
+                      lesion_outline=outline, second_look=bool(lesion and look is not None))
     kw = dict(structures=structures, lesion_present=lesion, size_mm=size_mm, echogenicity=echo, margins=margins, location=location)
     return InterpreterResult(frame_index, False, lexicon.sentence_en(**kw), finding, lexicon.sentence_zh(**kw))
 
@@ -180,17 +246,42 @@ class HeadSet:
         h = self.heads["guidance"]
         return decode_guidance(h.spec, h.run(tensor, action))
 
-    def interpreter(self, tensor, *, frame_index, quality, mm_per_px, run_always: bool = False) -> InterpreterResult:
+    def interpreter(self, tensor, *, frame_index, quality, mm_per_px, run_always: bool = False,
+                    source: tuple[np.ndarray, ScanRegion] | None = None) -> InterpreterResult:
         """Findings, or an abstention below the manifest's quality gate.
         run_always (benchmarks) runs the model below the gate too, for its
-        cost; the result still abstains there."""
+        cost; the result still abstains there. source: the frame's pixels and
+        its scan region, for the lesion head's second look (when the manifest
+        has one and a lesion is reported)."""
         h = self.heads["interpreter"]
-        if quality.score < float(h.spec.decode.get("quality_threshold", QUALITY_THRESHOLD)) and not run_always:
+        gate = float(h.spec.decode.get("quality_threshold", QUALITY_THRESHOLD))
+        if quality.score < gate and not run_always:
             # Abstain without spending the time to run the model.
             return decode_interpreter(h.spec, {}, frame_index=frame_index, quality=quality, mm_per_px=mm_per_px, input_hw=self.input_size)
-        return decode_interpreter(
-            h.spec, h.run(tensor), frame_index=frame_index, quality=quality, mm_per_px=mm_per_px, input_hw=self.input_size
-        )
+        out = h.run(tensor)
+        look = None
+        if source is not None and quality.score >= gate and lesion_decided(h.spec, out):
+            look = self.lesion_look(out.get("mask"), *source)
+        return decode_interpreter(h.spec, out, frame_index=frame_index, quality=quality, mm_per_px=mm_per_px,
+                                  input_hw=self.input_size, look=look)
+
+    def lesion_look(self, interp_mask: np.ndarray | None, pixels: np.ndarray, region: ScanRegion) -> LesionLook | None:
+        """The lesion head's reading around the lesion the interpreter's mask
+        shows, cut from the frame at its own resolution; None without a lesion
+        head or when the mask shows no region."""
+        h = self.heads.get("lesion")
+        if h is None:
+            return None
+        x0, y0, x1, y1 = region.box
+        view = pixels[max(0, y0) : y1, max(0, x0) : x1]
+        box = lesion_box(h.spec, interp_mask, view.shape[:2])
+        if box is None:
+            return None
+        pre = self.manifest.preprocess
+        crop = cut(view, box, size=int(h.spec.input_shape[-1])).astype(np.float32)
+        tensor = ((crop / 255.0 - float(pre.get("mean", 0.0))) / float(pre.get("std", 1.0))).reshape(h.spec.input_shape)
+        fan = region.mask if region.mask is not None and region.mask.shape[:2] == view.shape[:2] else None
+        return decode_lesion(h.spec, h.run(tensor.astype(np.float32)), box, view.shape[:2], region.spacing_mm, fan)
 
     def model_info(self) -> dict:
         return {n: {"file": self._path(h.spec).name, "version": h.spec.version} for n, h in self.heads.items()}

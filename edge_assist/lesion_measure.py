@@ -28,12 +28,14 @@ OUTLINE_POINTS = 32  # at most, after simplification
 class LesionMeasurement:
     extent: float  # long axis, as a fraction of the mask's height
     outline: tuple[tuple[float, float], ...]  # closed polygon, (x, y) as fractions of the mask's width and height
+    centre: tuple[float, float] = (0.5, 0.5)  # probability-weighted centre, (x, y) as fractions of width and height
 
 
-def measure_on_mask(mask: np.ndarray, threshold: float = MASK_THRESHOLD, min_cells: int = MIN_CELLS) -> LesionMeasurement | None:
+def measure_on_mask(mask: np.ndarray, threshold: float = MASK_THRESHOLD, min_cells: int = MIN_CELLS,
+                    with_outline: bool = True) -> LesionMeasurement | None:
     """The largest region of `mask` (probabilities, any leading singleton
     axes, square cells), or None when no region of at least min_cells cells
-    reaches the threshold."""
+    reaches the threshold. with_outline=False skips tracing the outline."""
     p = np.asarray(mask, dtype=np.float32)
     p = p.reshape(p.shape[-2], p.shape[-1])
     n, labels, stats, _ = cv2.connectedComponentsWithStats((p >= threshold).astype(np.uint8), connectivity=8)
@@ -48,6 +50,9 @@ def measure_on_mask(mask: np.ndarray, threshold: float = MASK_THRESHOLD, min_cel
     h, width = float(p.shape[0]), float(p.shape[1])
     cov = np.cov(np.stack([(xs + 0.5) / h, (ys + 0.5) / h]), aweights=w, bias=True)
     extent = 4.0 * float(np.sqrt(max(float(np.linalg.eigvalsh(cov)[-1]), 0.0))) + 1.0 / h
+    centre = (float(np.average(xs + 0.5, weights=w)) / width, float(np.average(ys + 0.5, weights=w)) / h)
+    if not with_outline:
+        return LesionMeasurement(extent, (), centre)
     # Outline on a 4x finer grid so that a region of a few cells is not a square.
     fine = cv2.resize(region.astype(np.uint8) * 255, None, fx=4, fy=4, interpolation=cv2.INTER_LINEAR)
     contours, _ = cv2.findContours((fine >= 128).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
@@ -59,7 +64,7 @@ def measure_on_mask(mask: np.ndarray, threshold: float = MASK_THRESHOLD, min_cel
             c = cv2.approxPolyDP(c, eps, True)
             eps *= 1.5
         outline = tuple((round(float((x + 0.5) / (4 * width)), 4), round(float((y + 0.5) / (4 * h)), 4)) for x, y in c.reshape(-1, 2))
-    return LesionMeasurement(extent, outline)
+    return LesionMeasurement(extent, outline, centre)
 
 
 def lesion_extent(mask: np.ndarray, threshold: float = MASK_THRESHOLD, min_cells: int = MIN_CELLS) -> float | None:

@@ -15,6 +15,9 @@ from typing import Any
 from edge_assist.errors import ManifestError
 
 HEAD_NAMES = ("quality", "guidance", "interpreter")
+# Optional: the lesion head's second look at source resolution (edge_assist.lesion_crop).
+# It takes its own square crop, not the preprocessed frame.
+OPTIONAL_HEADS = ("lesion",)
 FORMAT = 1
 
 # The outputs each head must name (role -> ONNX output name is in the manifest).
@@ -22,6 +25,7 @@ REQUIRED_OUTPUTS = {
     "quality": ("score", "reasons"),
     "guidance": ("logits",),
     "interpreter": ("structures", "lesion", "size", "echogenicity", "margins", "location"),
+    "lesion": ("echogenicity", "margins", "mask"),
 }
 
 
@@ -106,7 +110,7 @@ def load_manifest(engines_dir: str | Path | None = None, *, verify_hash: bool = 
         raise ManifestError(f"{path}: preprocess.size must be [height, width], got {size!r}")
     heads_raw = _need(raw, "heads", "top level")
     heads = {}
-    for name in HEAD_NAMES:
+    for name in HEAD_NAMES + tuple(n for n in OPTIONAL_HEADS if n in heads_raw):
         h = _need(heads_raw, name, "heads")
         where = f"heads.{name}"
         inp = _need(h, "input", where)
@@ -147,7 +151,10 @@ def load_manifest(engines_dir: str | Path | None = None, *, verify_hash: bool = 
                 raise ManifestError(f"{where}.memory.interval_ms must be a number of milliseconds") from None
             if not spec.memory_interval_ms > 0:
                 raise ManifestError(f"{where}.memory.interval_ms must be > 0")
-        if spec.input_shape[-2:] != tuple(size):
+        if name in OPTIONAL_HEADS:
+            if len(spec.input_shape) != 4 or spec.input_shape[-1] != spec.input_shape[-2] or spec.input_shape[1] != 1:
+                raise ManifestError(f"{where}: input shape {spec.input_shape} must be [1, 1, N, N] (a square crop); re-export it")
+        elif spec.input_shape[-2:] != tuple(size):
             raise ManifestError(f"{where}: input shape {spec.input_shape} does not match preprocess.size {size}")
         if verify_hash:
             for p, digest in ((spec.path, spec.sha256), (spec.int8_path, spec.int8_sha256)):

@@ -143,12 +143,13 @@ class InterpreterWorker:
         with self._cond:
             return not self._busy
 
-    def submit(self, tensor, frame_index, quality, mm_per_px) -> bool:
+    def submit(self, tensor, frame_index, quality, mm_per_px, source=None) -> bool:
+        """source: (frame pixels, scan region) for the lesion head's second look."""
         with self._cond:
             if self._busy or self._stop:
                 return False
             self._busy = True
-            self._job = (tensor, frame_index, quality, mm_per_px)
+            self._job = (tensor, frame_index, quality, mm_per_px, source)
             self._cond.notify_all()
             return True
 
@@ -163,11 +164,12 @@ class InterpreterWorker:
                     self._cond.wait()
                 if self._stop:
                     return
-                tensor, idx, quality, mm = self._job
+                tensor, idx, quality, mm, source = self._job
                 self._job = None
             t0 = time.perf_counter_ns()
             try:
-                res = self._heads.interpreter(tensor, frame_index=idx, quality=quality, mm_per_px=mm, run_always=self._run_always)
+                res = self._heads.interpreter(tensor, frame_index=idx, quality=quality, mm_per_px=mm, run_always=self._run_always,
+                                              source=source)
             except Exception as exc:  # surfaced by the pipeline, never lost in a thread
                 self.error = exc
                 res = None
@@ -487,7 +489,7 @@ class Pipeline:
         wanted = readable or self.interpreter_always  # the model runs (benchmarks: always)
         if worker is None and wanted:
             interp = self.heads.interpreter(prep.tensor, frame_index=frame.index, quality=q, mm_per_px=prep.mm_per_px,
-                                            run_always=self.interpreter_always)
+                                            run_always=self.interpreter_always, source=(frame.pixels, prep.region))
             ran = True
             lap("interpreter")
         if not readable:
@@ -503,7 +505,8 @@ class Pipeline:
             # the GIL in the middle of this frame's hint stage. Gated by the
             # budget: start only if its result can be fresh within this frame's.
             if e2e + self._interp_p50_ms <= self.budget_ms or self._interp_p50_ms == 0.0:
-                ran = worker.submit(prep.tensor, frame.index, q, prep.mm_per_px)
+                # The frame's pixels go by reference: sources hand out a new array per frame.
+                ran = worker.submit(prep.tensor, frame.index, q, prep.mm_per_px, (frame.pixels, prep.region))
         return FrameResult(frame, prep, hints, q, g, stages, e2e, e2e > self.budget_ms, ran, parallel)
 
     def run(self) -> dict:

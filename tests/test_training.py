@@ -313,7 +313,7 @@ def test_train_all_tiny_end_to_end(tmp_path):
     result = train_all(out, plan=PLANS["tiny"], work=tmp_path / "run", data_dir=tmp_path / "data",
                        calibration=tmp_path / "calib", workers=1)
     manifest = load_manifest(out)  # hashes verified
-    assert set(manifest.heads) == {"quality", "guidance", "interpreter"}
+    assert set(manifest.heads) == {"quality", "guidance", "interpreter", "lesion"}  # lesion: the second look
     raw = json.loads((out / "manifest.json").read_text())
     assert raw["heads"]["interpreter"]["decode"]["quality_threshold"] >= 0.5
     # the teacher and the student train on more patients than the other heads
@@ -321,7 +321,8 @@ def test_train_all_tiny_end_to_end(tmp_path):
     assert "int8" in raw and set(raw["int8"]["heads"]) == {"quality", "guidance", "interpreter"}
     for name, h in raw["heads"].items():
         assert h["parity_max_abs_diff"] <= 1e-4
-        assert (h.get("int8_file") is not None) == raw["int8"]["heads"][name]["kept"]
+        assert (h.get("int8_file") is not None) == (name in raw["int8"]["heads"] and raw["int8"]["heads"][name]["kept"])
+    assert raw["heads"]["lesion"]["input"]["shape"] == [1, 1, 64, 64] and "lesion head" not in raw["data"]["lesion_frames"]
     assert (tmp_path / "calib" / "frames.npz").stat().st_size < 2e6
     card = (out / "MODEL_CARD.md").read_text()
     assert "not for diagnosis" in card.lower() or "must not be used for diagnosis" in card

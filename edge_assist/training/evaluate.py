@@ -31,7 +31,7 @@ import numpy as np
 
 from edge_assist.frames import Frame
 from edge_assist.guidance_memory import GuidanceFeed, memory_inputs
-from edge_assist.heads import HeadSet
+from edge_assist.heads import HeadSet, lesion_decided
 from edge_assist.hints import HintSmoother, SmoothingConfig, hold_only_when_due, no_straight_reversal
 from edge_assist.lesion_measure import lesion_size_frac
 from edge_assist.manifest import load_manifest
@@ -99,9 +99,11 @@ def frame_outputs(heads: HeadSet, frames: list[tuple[np.ndarray, dict]], desc: s
         q = heads.quality(prep.tensor)
         g = heads.guidance(_stack(prep.tensor, g_frames))
         # raw outputs once; the run time abstains exactly when the quality score is below its gate
-        raw = {k: (np.asarray(v, np.float32) if k == "mask" else np.asarray(v, np.float64).reshape(-1))
-               for k, v in interp.run(prep.tensor).items()}
-        rows.append({"q": q, "g": g, "raw": raw, "abstained": q.score < gate, "mm": prep.mm_per_px, "truth": truth})
+        out = interp.run(prep.tensor)
+        raw = {k: (np.asarray(v, np.float32) if k == "mask" else np.asarray(v, np.float64).reshape(-1)) for k, v in out.items()}
+        # The lesion head's second look, where the run time would take it (a lesion reported)
+        look = heads.lesion_look(out.get("mask"), image, prep.region) if lesion_decided(interp.spec, out) else None
+        rows.append({"q": q, "g": g, "raw": raw, "look": look, "abstained": q.score < gate, "mm": prep.mm_per_px, "truth": truth})
     return {"rows": rows, "gate": gate, "input_h": heads.input_size[0]}
 
 
@@ -131,6 +133,17 @@ def guidance_top1(out: dict) -> dict:
     ok = pred == truth
     return {"top1": round(float(ok.mean()), 4), "mean_confidence": round(float(conf.mean()), 4),
             "top1_by_action": {a: round(float(ok[truth == a].mean()), 3) for a in ACTIONS if (truth == a).any()}}
+
+
+def _attribute_probs(row: dict, role: str) -> np.ndarray:
+    """Echogenicity / margins / location scores of a frame as the run time
+    decides them: the lesion head's where it looked, else the interpreter's."""
+    look = row.get("look")
+    if look is not None and role in ("echogenicity", "margins"):
+        return look.echo_probs if role == "echogenicity" else look.margin_probs
+    if look is not None and role == "location" and look.location in LOCATIONS:
+        return np.eye(len(LOCATIONS))[LOCATIONS.index(look.location)]
+    return row["raw"][role]
 
 
 def interpreter_metrics(out: dict) -> dict:
@@ -166,13 +179,18 @@ def interpreter_metrics(out: dict) -> dict:
     for role, key, names in (("echogenicity", "echogenicity", ECHOGENICITY), ("margins", "margins", MARGINS),
                              ("location", "location", LOCATIONS)):
         yt = [names.index(r["truth"]["findings"][key]) for r in lesion_rows if r["truth"]["findings"][key] in names]
-        yp = [int(np.argmax(r["raw"][role])) for r in lesion_rows if r["truth"]["findings"][key] in names]
+        yp = [int(np.argmax(_attribute_probs(r, role))) for r in lesion_rows if r["truth"]["findings"][key] in names]
         if yt:
             terms[key] = macro_f1_multiclass(yt, yp, len(names))
     errs, measured = [], []
     for r in lesion_rows:
         size = r["truth"]["findings"]["size_mm"]
         if size is None or r["mm"] is None:
+            continue
+        look = r.get("look")
+        if look is not None and look.size_mm is not None:
+            errs.append(abs(look.size_mm - float(size)))
+            measured.append(True)
             continue
         frac, measurement = lesion_size_frac(float(r["raw"]["size"][0]), r["raw"].get("mask"))
         errs.append(abs(frac * out["input_h"] * r["mm"][0] - float(size)))
@@ -185,6 +203,9 @@ def interpreter_metrics(out: dict) -> dict:
         "size_mae_measured_mm": (round(float(np.mean(np.array(errs)[np.array(measured)])), 3)
                                  if any(measured) else float("nan")),
         "f1": {k: round(float(v), 3) for k, v in terms.items()},
+        # lesion frames the lesion head read (a lesion reported and a box on the interpreter's mask)
+        "second_look_fraction": (round(float(np.mean([r.get("look") is not None for r in lesion_rows])), 3)
+                                 if lesion_rows else float("nan")),
         "n_frames": len(good), "n_lesion_frames": len(lesion_rows),
     })
     return res

@@ -39,14 +39,17 @@ ROLES = {
         "structures": "structure_logits", "lesion": "lesion_logit", "size": "lesion_size",
         "echogenicity": "echo_logits", "margins": "margin_logits", "location": "location_logits",
     },
+    "lesion": {"echogenicity": "echo_logits", "margins": "margin_logits", "mask": "lesion_mask"},
 }
 LABELS = {
     "quality": {"reasons": list(QUALITY_REASONS)},
     "guidance": {"actions": list(ACTIONS)},
     "interpreter": {"structures": list(STRUCTURES), "echogenicity": list(ECHOGENICITY), "margins": list(MARGINS),
                     "locations": list(LOCATIONS)},
+    "lesion": {"echogenicity": list(ECHOGENICITY), "margins": list(MARGINS)},
 }
-OUTPUT_NAMES = {"quality": ("score", "reason_logits"), "guidance": ("action_logits",), "interpreter": INTERPRETER_OUTPUT_NAMES}
+OUTPUT_NAMES = {"quality": ("score", "reason_logits"), "guidance": ("action_logits",), "interpreter": INTERPRETER_OUTPUT_NAMES,
+                "lesion": ("echo_logits", "margin_logits", "lesion_mask")}
 
 
 def _Tuple(m):
@@ -67,8 +70,9 @@ def _Tuple(m):
     return TupleOut(m)
 
 
-def export_onnx(module, path: Path, *, in_ch: int, output_names, opset: int = OPSET, head: str = "", action_in: int = 0) -> Path:
-    """torch module -> single-file ONNX with a fixed [1, in_ch, 128, 128] input
+def export_onnx(module, path: Path, *, in_ch: int, output_names, opset: int = OPSET, head: str = "", action_in: int = 0,
+                input_hw: tuple[int, int] = INPUT_SIZE, input_name: str = INPUT_NAME) -> Path:
+    """torch module -> single-file ONNX with a fixed [1, in_ch, *input_hw] input
     (and, for guidance with memory, a [1, action_in] previous-move input)."""
     import onnx
     import torch
@@ -76,8 +80,8 @@ def export_onnx(module, path: Path, *, in_ch: int, output_names, opset: int = OP
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     module = _Tuple(module).eval()
-    args = (torch.zeros(1, in_ch, *INPUT_SIZE),) + ((torch.zeros(1, action_in),) if action_in else ())
-    input_names = [INPUT_NAME] + ([ACTION_INPUT_NAME] if action_in else [])
+    args = (torch.zeros(1, in_ch, *input_hw),) + ((torch.zeros(1, action_in),) if action_in else ())
+    input_names = [input_name] + ([ACTION_INPUT_NAME] if action_in else [])
     import logging
     import warnings
 
@@ -93,6 +97,10 @@ def export_onnx(module, path: Path, *, in_ch: int, output_names, opset: int = OP
             raise TrainingError(f"ONNX export of {head or path.name} failed: {exc.__class__.__name__}: {exc}") from exc
         model = onnx.load(str(tmp))
     model.doc_string = ""
+    # The exporter tags every node with its Python stack trace (absolute paths and
+    # line numbers): drop them, so the same weights give the same file anywhere.
+    for node in list(model.graph.node) + [n for f in model.functions for n in f.node]:
+        del node.metadata_props[:]
     model.producer_name, model.producer_version = "edge-assist", __version__
     del model.metadata_props[:]
     for k, v in (("head", head), ("disclaimer", DISCLAIMER)):
@@ -164,13 +172,14 @@ def parity_actions(n: int, action_in: int, seed: int = 0) -> np.ndarray | None:
 
 
 def head_entry(head: str, path: Path, *, in_ch: int, decode: dict, labels: dict | None = None, version: str | None = None,
-               metrics: dict | None = None, training: dict | None = None, action_in: int = 0) -> dict:
+               metrics: dict | None = None, training: dict | None = None, action_in: int = 0,
+               input_hw: tuple[int, int] = INPUT_SIZE, input_name: str = INPUT_NAME) -> dict:
     sha = sha256_file(path)
     entry = {
         "file": path.name,
         "sha256": sha,
         "version": version or f"{__version__}+{sha[:8]}",
-        "input": {"name": INPUT_NAME, "shape": [1, in_ch, *INPUT_SIZE], "dtype": "float32", "frames": in_ch},
+        "input": {"name": input_name, "shape": [1, in_ch, *input_hw], "dtype": "float32", "frames": in_ch},
         "outputs": dict(ROLES[head]),
         "labels": labels or LABELS[head],
         "decode": decode,
@@ -246,6 +255,36 @@ def export_interpreter(ckpt: Path, out_dir: Path, frames_u8: np.ndarray | None =
     return entry
 
 
+def export_lesion(ckpt: Path, out_dir: Path, crops_u8: np.ndarray | None = None) -> dict:
+    """The lesion head (edge_assist.lesion_crop): crop [1,1,64,64] -> echogenicity, margins, mask."""
+    from edge_assist.lesion_crop import CONTEXT, CROP_SIZE, MIN_SIDE_PX
+    from edge_assist.training.lesion import BOX_THRESHOLD, INPUT_NAME as CROP_INPUT, load_lesion_checkpoint
+    from edge_assist.training.models import fold_batchnorm
+
+    import copy
+
+    model, ck = load_lesion_checkpoint(Path(ckpt))
+    folded = fold_batchnorm(copy.deepcopy(model)).eval()
+    hw = (CROP_SIZE, CROP_SIZE)
+    path = export_onnx(folded, Path(out_dir) / "lesion.onnx", in_ch=1, output_names=OUTPUT_NAMES["lesion"], head="lesion",
+                       input_hw=hw, input_name=CROP_INPUT)
+    rng = np.random.default_rng(0)
+    noise = rng.rayleigh(60, size=(8, 1, *hw)).clip(0, 255)
+    real = crops_u8[rng.choice(len(crops_u8), size=min(8, len(crops_u8)), replace=False)][:, None] if crops_u8 is not None and len(crops_u8) else noise
+    norm = lambda u8: ((u8.astype(np.float32) / 255.0 - MEAN) / STD).astype(np.float32)  # noqa: E731
+    diff = max(parity(model, path, norm(real)), parity(folded, path, norm(noise)))
+    if diff > PARITY_TOL:
+        raise TrainingError(f"lesion: ONNX Runtime differs from torch by {diff:.2e} (> {PARITY_TOL}); not exported")
+    decode = {"temperature": float(ck.get("temperature", 1.0)), "box_threshold": BOX_THRESHOLD, "context": CONTEXT,
+              "min_side_px": MIN_SIDE_PX}
+    training = {"val": (ck.get("history") or [{}])[-1].get("val_true_box", {}), "epochs": len(ck.get("history", [])),
+                "seed": ck.get("settings", {}).get("seed"), "data": ck.get("data", {})}
+    entry = head_entry("lesion", path, in_ch=1, decode=decode, training=training, input_hw=hw, input_name=CROP_INPUT)
+    entry["parity_max_abs_diff"] = float(f"{diff:.3g}")
+    log(f"export: {path} ({path.stat().st_size / 1e6:.2f} MB, parity {diff:.1e})")
+    return entry
+
+
 def find_checkpoints(run_dir: Path | None, quality=None, guidance=None, interpreter=None) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for head, given in (("quality", quality), ("guidance", guidance), ("interpreter", interpreter)):
@@ -261,14 +300,21 @@ def find_checkpoints(run_dir: Path | None, quality=None, guidance=None, interpre
     missing = [h for h in ("quality", "guidance", "interpreter") if h not in found]
     if missing:
         raise TrainingError(f"no checkpoint for {', '.join(missing)} (looked in {run_dir}); train them first or name them with --{missing[0]}")
+    if run_dir is not None:  # optional: the lesion head's second look (make models trains it)
+        for cand in (Path(run_dir) / "lesion.pt", Path(run_dir) / "lesion" / "lesion.pt"):
+            if cand.is_file():
+                found["lesion"] = cand
+                break
     for h, p in found.items():
         if not Path(p).is_file():
             raise TrainingError(f"{h} checkpoint {p} not found")
     return found
 
 
-def export_all(checkpoints: dict[str, Path], out_dir: Path, *, frames_u8: np.ndarray | None = None, extra: dict | None = None) -> Path:
-    """Export the three heads into out_dir and write manifest.json and MODEL_CARD.md."""
+def export_all(checkpoints: dict[str, Path], out_dir: Path, *, frames_u8: np.ndarray | None = None, extra: dict | None = None,
+               crops_u8: np.ndarray | None = None) -> Path:
+    """Export the three heads (and the lesion head when checkpoints name one)
+    into out_dir and write manifest.json and MODEL_CARD.md."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     heads = {
@@ -276,6 +322,10 @@ def export_all(checkpoints: dict[str, Path], out_dir: Path, *, frames_u8: np.nda
         "guidance": export_quality_or_guidance(checkpoints["guidance"], out_dir, frames_u8),
         "interpreter": export_interpreter(checkpoints["interpreter"], out_dir, frames_u8),
     }
+    if checkpoints.get("lesion"):
+        heads["lesion"] = export_lesion(checkpoints["lesion"], out_dir, crops_u8)
+    elif (out_dir / "lesion.onnx").exists():  # a lesion model from an earlier export no longer belongs
+        (out_dir / "lesion.onnx").unlink()
     for h in heads.values():
         if h["bytes"] > 10e6:
             raise TrainingError(f"{h['file']} is {h['bytes'] / 1e6:.1f} MB, over the 10 MB budget")
@@ -287,7 +337,7 @@ def export_all(checkpoints: dict[str, Path], out_dir: Path, *, frames_u8: np.nda
         **(extra or {}),
     }
     # Stale INT8 files would no longer match: calibration is redone after export.
-    for h in ("quality", "guidance", "interpreter"):
+    for h in ("quality", "guidance", "interpreter", "lesion"):
         old = out_dir / f"{h}.int8.onnx"
         if old.exists():
             old.unlink()
@@ -359,7 +409,9 @@ def write_model_card(engines: Path, manifest: dict) -> Path:
         "",
         "All heads are plain convolutional networks (3x3 conv + BatchNorm + ReLU, BatchNorm folded at export), ONNX",
         f"opset {OPSET}, batch 1. Preprocessing (the same code at training and run time, `edge_assist.preprocess`):",
-        f"scan-region crop, grey, resize to {INPUT_SIZE[0]}x{INPUT_SIZE[1]}, (pixel/255 - {MEAN}) / {STD}.",
+        f"scan-region crop, grey, resize to {INPUT_SIZE[0]}x{INPUT_SIZE[1]}, (pixel/255 - {MEAN}) / {STD}. The lesion head",
+        "(when present) reads a square crop of the scan region at the source's resolution around the lesion the",
+        "interpreter's mask shows, resized to its input and normalised the same way (`edge_assist.lesion_crop`).",
         "",
         "## Training data",
         "",
@@ -423,12 +475,18 @@ def write_model_card(engines: Path, manifest: dict) -> Path:
         "  never turn a move straight into its reverse (the next-best move comes first).",
         "- The gallbladder lies outside the target views of the liver phantom, so it is almost never in a",
         "  readable training frame and the interpreter rarely reports it. Small or anechoic liver lesions are",
-        "  hard to tell from vessels at 128 px. On liver and cardiac views a 128 px input pixel is about 1.6 mm:",
-        "  lesions under about 10 pixels across (most of theirs) get margins and echogenicity near chance and",
-        "  sizes several mm off; thyroid lesions (about 0.3 mm a pixel) are read and measured far better.",
+        "  hard to tell from vessels at 128 px. On liver and cardiac views a 128 px input pixel is about 1.6 mm,",
+        "  and most of their lesions are under 10 pixels across.",
+        "- The lesion head takes a second look where the interpreter reports a lesion and its mask shows where:",
+        "  a box 2.5 times the lesion's long axis, cut from the frame at the source's own resolution and resized",
+        "  to 64x64. Its echogenicity, margins and measured size replace the interpreter's, and the location is",
+        "  the depth third its mask's centre lies in (`second_look` in the findings). Where the interpreter's mask",
+        "  shows nothing, or it reports no lesion (a fifth of the held-out lesions), there is no second look;",
+        "  lesions it misses stay missed. It was trained on the simulator's 256x256 frames, where a liver pixel is",
+        "  about 0.8 mm; a scanner's frames are finer, which it has not seen.",
         "- Lesion size is reported in mm only when the source gives pixel spacing. It is measured along the lesion's",
-        "  long axis on the interpreter's lesion mask where that mask shows the lesion; otherwise it is regressed",
-        "  from the whole frame, and the findings mark it as an estimate (`size_measured`).",
+        "  long axis on the lesion head's mask, else on the interpreter's; where neither shows the lesion it is",
+        "  regressed from the whole frame, and the findings mark it as an estimate (`size_measured`).",
         "- The interpreter abstains below its quality threshold; its sentences are templates from structured",
         "  findings, not free text.",
         "",

@@ -70,6 +70,9 @@ class Plan:
     # at 8 epochs: held-out F1 0.766 -> 0.804, size 5.04 -> 3.71 mm (docs/TRAINING.md).
     teacher_epochs: int = 8
     interpreter_epochs: int = 8
+    # The lesion head (a second look at source resolution, edge_assist.lesion_crop) on the readable
+    # lesion frames of the interpreter's patients; ~6 s/epoch. 0 = no lesion head.
+    lesion_epochs: int = 30
     batch_size: int = 64
     calib_val_seeds: int = 12  # validation patients per preset for the INT8 keep/drop decision
     eval_quick: bool = False
@@ -80,7 +83,7 @@ PLANS = {
     # seconds, for tests and for trying the command out
     "tiny": Plan(train_seeds=2, val_seeds=1, frames_per_seed=4, rollout_episodes=1, dagger_episodes=1, dagger_rounds=1, max_moves=6,
                  quality_epochs=1, guidance_epochs=1, dagger_epochs=1, interpreter_extra_seeds=1, teacher_epochs=1, interpreter_epochs=1,
-                 batch_size=16, calib_val_seeds=1,
+                 lesion_epochs=1, batch_size=16, calib_val_seeds=1,
                  eval_quick=True),
 }
 
@@ -503,6 +506,7 @@ def train_all(out: Path, *, plan: Plan = PLANS["full"], work: Path = Path("data/
     from edge_assist.training.common import write_json
     from edge_assist.training.export import export_all, read_manifest_json, write_manifest
     from edge_assist.training.interpreter import train_interpreter
+    from edge_assist.training.lesion import lesion_frames, train_lesion, true_box_crops
     from edge_assist.training.teacher import train_teacher
     from edge_assist.training.train import train_quality
 
@@ -554,6 +558,18 @@ def train_all(out: Path, *, plan: Plan = PLANS["full"], work: Path = Path("data/
     stage("interpreter", t0)
 
     t0 = time.perf_counter()
+    l_ckpt, les_va, n_lesion = None, None, 0
+    if plan.lesion_epochs:
+        les_tr = lesion_frames(tr_seeds + ex_seeds, plan.frames_per_seed, seed, data_dir, workers=workers, name="lesions-train")
+        les_va = lesion_frames(va_seeds, plan.frames_per_seed, seed + 1, data_dir, workers=workers, name="lesions-val")
+        n_lesion = len(les_tr)
+        if len(les_tr) and len(les_va):
+            l_ckpt = train_lesion(les_tr, les_va, work / "lesion", epochs=plan.lesion_epochs, seed=seed, batch_size=bs, resume=resume)
+        else:
+            log("lesion head: skipped (no readable lesion frames to train or validate it on)")
+    stage("lesion", t0)
+
+    t0 = time.perf_counter()
     data_info = {
         "simulator": f"edge_assist.sim (source hash {sim_code_hash()})",
         "presets": list(EXAM_PRESETS),
@@ -562,12 +578,15 @@ def train_all(out: Path, *, plan: Plan = PLANS["full"], work: Path = Path("data/
         "eval_patients": "held out: seeds 50000+ (never used in training)",
         "scenario_frames": f"{len(frames_tr)} train / {len(frames_va)} val (sim.dataset.generate: ~45 % good, one or two artefacts otherwise)",
         "interpreter_frames": f"{len(frames_itr)} train (the scenario frames of {len(tr_seeds) + len(ex_seeds)} patients per preset)",
+        "lesion_frames": (f"{n_lesion} train (the readable lesion frames of the interpreter's patients, at the simulator's 256x256)"
+                          if l_ckpt else "no lesion head"),
         "guidance_frames": f"{n_guidance} train (trajectories: noisy expert + {plan.dagger_rounds} DAgger round(s), plus scenario frames)",
         "seed": seed,
         "plan": asdict(plan),
     }
-    export_all({"quality": q_ckpt, "guidance": g_ckpt, "interpreter": i_ckpt}, out, frames_u8=frames_va.images,
-               extra={"data": data_info})
+    ckpts = {"quality": q_ckpt, "guidance": g_ckpt, "interpreter": i_ckpt} | ({"lesion": l_ckpt} if l_ckpt else {})
+    export_all(ckpts, out, frames_u8=frames_va.images, extra={"data": data_info},
+               crops_u8=true_box_crops(les_va) if l_ckpt else None)
     gate = fit_quality_gate(out / "quality.onnx", frames_va)
     raw = read_manifest_json(out)
     raw["heads"]["interpreter"]["decode"]["quality_threshold"] = gate["gate"]
