@@ -13,7 +13,7 @@ from pathlib import Path
 from edge_assist.errors import EdgeAssistError
 from edge_assist.training.common import DEFAULT_SEED
 
-HEADS = ("quality", "guidance", "teacher", "interpreter")
+HEADS = ("quality", "guidance", "teacher", "interpreter", "lesion")
 
 
 def register(sub) -> None:
@@ -28,7 +28,7 @@ def register(sub) -> None:
     p.add_argument("--epochs", type=int, help="epochs (default: per head)")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, help="peak learning rate (quality/guidance)")
+    p.add_argument("--lr", type=float, help="peak learning rate (quality/guidance/lesion)")
     p.add_argument("--no-resume", action="store_true", help="start afresh even if a matching checkpoint exists")
     p.add_argument("--teacher", type=Path, help="interpreter: the teacher checkpoint (default OUT/../teacher/teacher.pt or OUT/teacher.pt)")
     p.add_argument("--limit", type=int, help="use only the first N records of --data")
@@ -45,6 +45,7 @@ def register(sub) -> None:
     p.add_argument("--quality", type=Path)
     p.add_argument("--guidance", type=Path)
     p.add_argument("--interpreter", type=Path)
+    p.add_argument("--lesion", type=Path, help="the lesion head's checkpoint (optional; found under --from when there)")
     p.add_argument("--out", type=Path, default=Path("engines"))
     p.set_defaults(func=cmd_export)
 
@@ -128,6 +129,8 @@ def cmd_train(args) -> int:
         train_all(args.out, plan=PLANS[args.plan], work=args.work, data_dir=args.data_dir, calibration=args.calibration,
                   seed=args.seed, resume=not args.no_resume, workers=args.workers, run_eval=not args.skip_eval)
         return 0
+    if args.head == "lesion":
+        return _train_lesion(args)
     ds = load_any(args.data, args.limit)
     if args.val is not None:
         train, val = ds, load_any(args.val)
@@ -164,11 +167,48 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _load_lesions(path: Path | None, limit: int | None = None):
+    from edge_assist.training.data import DataError
+    from edge_assist.training.lesion import LesionFrames, lesion_frames_from_manifest
+
+    if path is None:
+        raise DataError("--data is required (a folder with manifest.jsonl whose records carry lesion_mask; see docs/DATA.md)")
+    if path.suffix == ".npz":  # a lesions-*.npz cache of `train all`
+        if not path.is_file():
+            raise DataError(f"{path} not found")
+        data = LesionFrames.load(path)
+        return data.subset(range(min(len(data), limit))) if limit else data
+    return lesion_frames_from_manifest(path, limit)
+
+
+def _train_lesion(args) -> int:
+    """The lesion head on records with a lesion_mask (docs/DATA.md), or on a lesions-*.npz cache."""
+    import numpy as np
+
+    from edge_assist.training.lesion import train_lesion
+
+    data = _load_lesions(args.data, args.limit)
+    if len(data) < 2:
+        raise EdgeAssistError(f"{args.data}: {len(data)} usable lesion record(s); the lesion head needs records whose labels "
+                              "report a lesion and that carry a lesion_mask (docs/DATA.md)")
+    if args.val is not None:
+        train, val = data, _load_lesions(args.val)
+    else:  # ~10 % of the frames
+        rng = np.random.default_rng(args.seed)
+        is_val = np.zeros(len(data), bool)
+        is_val[rng.choice(len(data), max(1, round(len(data) * 0.1)), replace=False)] = True
+        train, val = data.subset(np.flatnonzero(~is_val)), data.subset(np.flatnonzero(is_val))
+    path = train_lesion(train, val, args.out, epochs=args.epochs or 30, seed=args.seed, batch_size=args.batch_size,
+                        resume=not args.no_resume, **({"lr": args.lr} if args.lr else {}))
+    print(path)
+    return 0
+
+
 @_fail_on_value_error
 def cmd_export(args) -> int:
     from edge_assist.training.export import export_all, find_checkpoints
 
-    ckpts = find_checkpoints(args.run_dir, args.quality, args.guidance, args.interpreter)
+    ckpts = find_checkpoints(args.run_dir, args.quality, args.guidance, args.interpreter, args.lesion)
     path = export_all(ckpts, args.out)
     print(path)
     return 0

@@ -8,7 +8,8 @@ dataset writer produces the same):
      "report_zh": "...",                    # optional, a second language
      "labels": {...},                       # optional, see LABEL KEYS below
      "spacing_mm": [0.3, 0.3],              # optional (row, col) mm per pixel
-     "region": [x0, y0, x1, y1]}            # optional scan region; else detected
+     "region": [x0, y0, x1, y1],            # optional scan region; else detected
+     "lesion_mask": "masks/000001.png"}     # optional: the reported lesion (nonzero), image-sized
 
 LABEL KEYS (all optional; a missing label is masked out of its loss):
     quality (0..1), reasons [names from vocab.QUALITY_REASONS], action (a name
@@ -52,6 +53,7 @@ class Record:
     labels: dict[str, Any]
     spacing_mm: tuple[float, float] | None
     region: tuple[int, int, int, int] | None
+    lesion_mask: Path | None = None
 
 
 def read_manifest(path: str | Path) -> list[Record]:
@@ -90,8 +92,15 @@ def read_manifest(path: str | Path) -> list[Record]:
             if bad:
                 raise DataError(f"{where}: unknown quality reasons {bad}")
             region = obj.get("region")
+            mask = obj.get("lesion_mask")
+            if mask is not None:
+                if not isinstance(mask, str):
+                    raise DataError(f"{where}: lesion_mask must be a path to an image")
+                mask = (path.parent / mask).resolve()
+                if not mask.is_file():
+                    raise DataError(f"{where}: lesion mask {obj['lesion_mask']} not found")
             records.append(Record(n, img, obj.get("report"), obj.get("report_zh"), labels,
-                                  tuple(sp) if sp else None, tuple(region) if region else None))
+                                  tuple(sp) if sp else None, tuple(region) if region else None, mask))
     if not records:
         raise DataError(f"{path} has no records")
     return records
@@ -185,22 +194,19 @@ def load_dataset(path: str | Path, size=INPUT_SIZE, limit: int | None = None) ->
     rows: list[dict] = []
     mm = np.full((n, 2), np.nan, np.float32)
     pre = Preprocessor(size=size, mean=MEAN, std=STD, warmup_frames=1)
+    masks: list[np.ndarray | None] = []
     for i, rec in enumerate(records):
-        px = cv2.imread(str(rec.image), cv2.IMREAD_UNCHANGED)
-        if px is None:
-            raise DataError(f"line {rec.line}: cannot read image {rec.image} (corrupt or unsupported)")
-        if px.ndim == 3:
-            px = cv2.cvtColor(px, cv2.COLOR_BGRA2RGB if px.shape[2] == 4 else cv2.COLOR_BGR2RGB)
-        if px.dtype != np.uint8:
-            px = cv2.normalize(px, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
-        ph, pw = px.shape[:2]
-        box = rec.region or None
-        region = ScanRegion(tuple(int(v) for v in box), None, rec.spacing_mm) if box else None
-        if region is None and rec.spacing_mm is not None:
-            region = None  # detected below; spacing is attached after detection
+        px = read_image(rec)
         pre.reset()
-        prepared = pre(Frame(px, i, 0, region=region))
+        prepared = pre(Frame(px, i, 0, region=given_region(rec)))
         images[i] = prepared.image
+        lesion = read_lesion_mask(rec, px.shape[:2])
+        if lesion is not None:
+            masks.append(mask_target(lesion, prepared.region.box))
+        elif (rec.labels.get("findings") or {}).get("lesion_present") is False:
+            masks.append(np.zeros((MASK_SIZE, MASK_SIZE), np.uint8))  # no lesion: an empty mask is the truth
+        else:
+            masks.append(None)
         mpp = prepared.mm_per_px
         if mpp is None and rec.spacing_mm is not None:
             r = prepared.region
@@ -224,4 +230,38 @@ def load_dataset(path: str | Path, size=INPUT_SIZE, limit: int | None = None) ->
         reports_zh=[r.report_zh for r in records],
         mm_per_px=mm,
         meta=[{"line": r.line, "preset": r.labels.get("preset"), "seed": r.labels.get("seed")} for r in records],
+        # The interpreter learns to segment (and measure on) lesions only when every
+        # frame's mask is known: a lesion_mask, or no lesion at all.
+        lesion_mask=(np.stack(masks) if masks and all(m is not None for m in masks) and any(r.lesion_mask for r in records)
+                     else None),
     )
+
+
+def read_image(rec: Record) -> np.ndarray:
+    """A record's image as uint8 grey or RGB."""
+    px = cv2.imread(str(rec.image), cv2.IMREAD_UNCHANGED)
+    if px is None:
+        raise DataError(f"line {rec.line}: cannot read image {rec.image} (corrupt or unsupported)")
+    if px.ndim == 3:
+        px = cv2.cvtColor(px, cv2.COLOR_BGRA2RGB if px.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+    if px.dtype != np.uint8:
+        px = cv2.normalize(px, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    return px
+
+
+def given_region(rec: Record) -> ScanRegion | None:
+    """The record's scan region when it names one (else the preprocessing detects it)."""
+    return ScanRegion(tuple(int(v) for v in rec.region), None, rec.spacing_mm) if rec.region else None
+
+
+def read_lesion_mask(rec: Record, shape: tuple[int, int]) -> np.ndarray | None:
+    """The record's lesion mask as 0/1 uint8 of the image's size, or None without one."""
+    if rec.lesion_mask is None:
+        return None
+    m = cv2.imread(str(rec.lesion_mask), cv2.IMREAD_GRAYSCALE)
+    if m is None:
+        raise DataError(f"line {rec.line}: cannot read lesion mask {rec.lesion_mask} (corrupt or unsupported)")
+    if m.shape[:2] != tuple(shape):
+        raise DataError(f"line {rec.line}: lesion mask {rec.lesion_mask.name} is {m.shape[1]}x{m.shape[0]}, "
+                        f"its image {shape[1]}x{shape[0]}; masks must match their image pixel for pixel")
+    return (m > 0).astype(np.uint8)

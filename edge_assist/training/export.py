@@ -285,7 +285,7 @@ def export_lesion(ckpt: Path, out_dir: Path, crops_u8: np.ndarray | None = None)
     return entry
 
 
-def find_checkpoints(run_dir: Path | None, quality=None, guidance=None, interpreter=None) -> dict[str, Path]:
+def find_checkpoints(run_dir: Path | None, quality=None, guidance=None, interpreter=None, lesion=None) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for head, given in (("quality", quality), ("guidance", guidance), ("interpreter", interpreter)):
         if given:
@@ -300,7 +300,9 @@ def find_checkpoints(run_dir: Path | None, quality=None, guidance=None, interpre
     missing = [h for h in ("quality", "guidance", "interpreter") if h not in found]
     if missing:
         raise TrainingError(f"no checkpoint for {', '.join(missing)} (looked in {run_dir}); train them first or name them with --{missing[0]}")
-    if run_dir is not None:  # optional: the lesion head's second look (make models trains it)
+    if lesion:  # optional: the lesion head's second look
+        found["lesion"] = Path(lesion)
+    elif run_dir is not None:
         for cand in (Path(run_dir) / "lesion.pt", Path(run_dir) / "lesion" / "lesion.pt"):
             if cand.is_file():
                 found["lesion"] = cand

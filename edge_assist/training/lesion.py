@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from edge_assist.frames import Frame
 from edge_assist.lesion_crop import CROP_SIZE, CropBox, box_around, cut
 from edge_assist.lesion_measure import measure_on_mask
 from edge_assist.training.common import (
@@ -92,10 +93,12 @@ class LesionNet(nn.Module):
 
 @dataclass
 class LesionFrames:
-    """Readable lesion frames at source resolution (all regions one size)."""
+    """Readable lesion frames at source resolution. Regions of one size are
+    stacked arrays (and can be cached); of several sizes (your own data),
+    lists of arrays."""
 
-    regions: np.ndarray  # (N,H,W) uint8: the grey scan region
-    masks: np.ndarray  # (N,H,W) uint8 0/1: the reported lesion
+    regions: np.ndarray | list  # (N,H,W) uint8: the grey scan region
+    masks: np.ndarray | list  # (N,H,W) uint8 0/1: the reported lesion
     inputs: np.ndarray  # (N,128,128) uint8: the interpreter's preprocessed input
     echo: np.ndarray  # int64 (N,), -1 unknown
     margins: np.ndarray  # int64 (N,)
@@ -109,6 +112,8 @@ class LesionFrames:
     FIELDS = ("regions", "masks", "inputs", "echo", "margins", "size_mm", "mm_per_px")
 
     def save(self, path: Path) -> None:
+        if isinstance(self.regions, list):
+            raise TrainingError("lesion frames of several region sizes are not cached; keep the manifest")
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp.npz")
         np.savez_compressed(tmp, **{k: getattr(self, k) for k in self.FIELDS}, presets=np.array(json.dumps(self.presets)))
@@ -125,13 +130,17 @@ class LesionFrames:
             z = np.zeros((0, 1, 1), np.uint8)
             return cls(z, z, np.zeros((0, 128, 128), np.uint8), np.zeros(0, np.int64), np.zeros(0, np.int64),
                        np.zeros(0, np.float32), np.zeros(0, np.float32), [])
-        shapes = {r["region"].shape for r in rows}
-        if len(shapes) != 1:
-            raise TrainingError(f"lesion frames must share one region size, got {sorted(shapes)}")
+        one_size = len({r["region"].shape for r in rows}) == 1
+        many = (lambda k: np.stack([r[k] for r in rows])) if one_size else (lambda k: [r[k] for r in rows])  # noqa: E731
         col = lambda k, dt: np.array([r[k] for r in rows], dtype=dt)  # noqa: E731
-        return cls(np.stack([r["region"] for r in rows]), np.stack([r["mask"] for r in rows]),
-                   np.stack([r["input"] for r in rows]), col("echo", np.int64), col("margins", np.int64),
-                   col("size_mm", np.float32), col("mm", np.float32), [r["preset"] for r in rows])
+        return cls(many("region"), many("mask"), np.stack([r["input"] for r in rows]), col("echo", np.int64),
+                   col("margins", np.int64), col("size_mm", np.float32), col("mm", np.float32), [r["preset"] for r in rows])
+
+    def subset(self, idx) -> "LesionFrames":
+        idx = [int(i) for i in idx]
+        pick = (lambda a: a[idx]) if not isinstance(self.regions, list) else (lambda a: [a[i] for i in idx])  # noqa: E731
+        return LesionFrames(pick(self.regions), pick(self.masks), self.inputs[idx], self.echo[idx], self.margins[idx],
+                            self.size_mm[idx], self.mm_per_px[idx], [self.presets[i] for i in idx])
 
 
 def lesion_rows(frames) -> list[dict]:
@@ -154,14 +163,47 @@ def lesion_rows(frames) -> list[dict]:
         if m.sum() < 2 or region.spacing_mm is None:
             continue
         prep = prepare(pre, image, truth, region)
-        rows.append({
-            "region": to_grey(image[y0:y1, x0:x1]).copy(), "mask": m, "input": prep.image,
-            "echo": ECHOGENICITY.index(f["echogenicity"]) if f.get("echogenicity") in ECHOGENICITY else -1,
-            "margins": MARGINS.index(f["margins"]) if f.get("margins") in MARGINS else -1,
-            "size_mm": float(f["size_mm"]) if f.get("size_mm") is not None else float("nan"),
-            "mm": float(region.spacing_mm[0]), "preset": truth["preset"],
-        })
+        rows.append(_row(to_grey(image[y0:y1, x0:x1]).copy(), m, prep.image, f, region.spacing_mm[0], truth["preset"]))
     return rows
+
+
+def _row(region_grey: np.ndarray, mask: np.ndarray, input_u8: np.ndarray, findings: dict, mm: float | None, preset) -> dict:
+    return {
+        "region": region_grey, "mask": mask, "input": input_u8,
+        "echo": ECHOGENICITY.index(findings["echogenicity"]) if findings.get("echogenicity") in ECHOGENICITY else -1,
+        "margins": MARGINS.index(findings["margins"]) if findings.get("margins") in MARGINS else -1,
+        "size_mm": float(findings["size_mm"]) if findings.get("size_mm") is not None else float("nan"),
+        "mm": float(mm) if mm is not None else float("nan"), "preset": preset,
+    }
+
+
+def lesion_frames_from_manifest(path, limit: int | None = None) -> LesionFrames:
+    """Your own data (docs/DATA.md): the records with a lesion_mask whose labels
+    report a lesion (and whose quality, when labelled, is readable), each
+    region cut from the image at its own resolution, as at run time."""
+    from edge_assist.preprocess import Preprocessor, to_grey
+    from edge_assist.training.data import INPUT_SIZE, DataError, given_region, read_image, read_lesion_mask, read_manifest
+
+    pre = Preprocessor(size=INPUT_SIZE, mean=MEAN, std=STD, warmup_frames=1)
+    rows = []
+    for i, rec in enumerate(read_manifest(path)[:limit]):
+        if rec.lesion_mask is None:
+            continue
+        px = read_image(rec)
+        mask = read_lesion_mask(rec, px.shape[:2])  # every mask is checked, used or not
+        f = rec.labels.get("findings") or {}
+        q = rec.labels.get("quality")
+        if not f.get("lesion_present") or (q is not None and float(q) < QUALITY_THRESHOLD):
+            continue
+        pre.reset()
+        prep = pre(Frame(px, i, 0, region=given_region(rec)))
+        x0, y0, x1, y1 = prep.region.box
+        m = mask[y0:y1, x0:x1]
+        if m.sum() < 2:
+            raise DataError(f"line {rec.line}: the labels report a lesion but its lesion mask shows none inside the scan region")
+        mm = rec.spacing_mm[0] if rec.spacing_mm else None
+        rows.append(_row(to_grey(px[y0:y1, x0:x1]).copy(), m.copy(), prep.image, f, mm, rec.labels.get("preset")))
+    return LesionFrames.from_rows(rows)
 
 
 def true_boxes(data: LesionFrames) -> np.ndarray:
@@ -260,9 +302,9 @@ def crop_metrics(data: LesionFrames, idx: np.ndarray, boxes: list[CropBox | None
     errs, measured = [], 0
     for k in keep:
         i = idx[k]
-        if np.isnan(data.size_mm[i]):
+        if np.isnan(data.size_mm[i]) or np.isnan(data.mm_per_px[i]):
             continue
-        s = measured_size_mm(out["mask"][k], boxes[k], float(data.mm_per_px[i]) )
+        s = measured_size_mm(out["mask"][k], boxes[k], float(data.mm_per_px[i]))
         if s is not None:
             measured += 1
             errs.append(abs(s - float(data.size_mm[i])))
@@ -282,7 +324,7 @@ def train_lesion(train: LesionFrames, val: LesionFrames, out_dir: Path, *, epoch
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = {**DEFAULT_NET, **(net or {})}
     settings = {"epochs": epochs, "seed": seed, "batch_size": batch_size, "lr": lr, "net": cfg, "n_train": len(train),
-                "n_val": len(val), "train_sum": int(train.regions[:: max(1, len(train) // 64)].sum()) if len(train) else 0}
+                "n_val": len(val), "train_sum": int(sum(int(train.regions[i].sum()) for i in range(0, len(train), max(1, len(train) // 64))))}
     final, last = out_dir / "lesion.pt", out_dir / "lesion-last.pt"
     if resume and final.is_file() and torch_load(final).get("settings") == settings:
         log(f"lesion: {final} is up to date")
