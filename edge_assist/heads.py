@@ -1,10 +1,11 @@
-"""The three heads: run a backend and decode its raw outputs into typed results."""
+"""The heads (quality, guidance, interpreter and the optional lesion head):
+run a backend and decode its raw outputs into typed results."""
 
 from __future__ import annotations
 
-import numpy as np
-
 from dataclasses import dataclass
+
+import numpy as np
 
 from edge_assist import lexicon
 from edge_assist.backends import InferenceBackend, open_backend
