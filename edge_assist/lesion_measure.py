@@ -45,17 +45,26 @@ def measure_on_mask(mask: np.ndarray, threshold: float = MASK_THRESHOLD, min_cel
     if stats[k, cv2.CC_STAT_AREA] < min_cells:
         return None
     region = labels == k
-    ys, xs = np.nonzero(region)
-    w = p[ys, xs].astype(np.float64)
     h, width = float(p.shape[0]), float(p.shape[1])
-    cov = np.cov(np.stack([(xs + 0.5) / h, (ys + 0.5) / h]), aweights=w, bias=True)
-    extent = 4.0 * float(np.sqrt(max(float(np.linalg.eigvalsh(cov)[-1]), 0.0))) + 1.0 / h
-    centre = (float(np.average(xs + 0.5, weights=w)) / width, float(np.average(ys + 0.5, weights=w)) / h)
+    # Probability-weighted centre and covariance from the image moments (one C
+    # call; pixel centres are at index + 0.5), in units of the mask's height.
+    mo = cv2.moments(np.where(region, p, np.float32(0.0)), binaryImage=False)
+    m00 = mo["m00"]
+    cxx, cyy, cxy = mo["mu20"] / m00, mo["mu02"] / m00, mo["mu11"] / m00
+    largest = (cxx + cyy) / 2.0 + np.sqrt(((cxx - cyy) / 2.0) ** 2 + cxy**2)  # of the 2x2 covariance
+    extent = 4.0 * float(np.sqrt(max(largest, 0.0))) / h + 1.0 / h
+    centre = ((mo["m10"] / m00 + 0.5) / width, (mo["m01"] / m00 + 0.5) / h)
     if not with_outline:
         return LesionMeasurement(extent, (), centre)
-    # Outline on a 4x finer grid so that a region of a few cells is not a square.
-    fine = cv2.resize(region.astype(np.uint8) * 255, None, fx=4, fy=4, interpolation=cv2.INTER_LINEAR)
-    contours, _ = cv2.findContours((fine >= 128).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    # Outline on a 4x finer grid so that a region of a few cells is not a
+    # square; only around the region (one empty cell of margin: bilinear
+    # upsampling reaches one cell), which gives the same contour as the whole mask.
+    x0, y0 = max(0, stats[k, cv2.CC_STAT_LEFT] - 1), max(0, stats[k, cv2.CC_STAT_TOP] - 1)
+    x1 = min(p.shape[1], stats[k, cv2.CC_STAT_LEFT] + stats[k, cv2.CC_STAT_WIDTH] + 1)
+    y1 = min(p.shape[0], stats[k, cv2.CC_STAT_TOP] + stats[k, cv2.CC_STAT_HEIGHT] + 1)
+    fine = cv2.resize(region[y0:y1, x0:x1].astype(np.uint8) * 255, None, fx=4, fy=4, interpolation=cv2.INTER_LINEAR)
+    contours, _ = cv2.findContours((fine >= 128).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE,
+                                   offset=(4 * int(x0), 4 * int(y0)))
     outline: tuple[tuple[float, float], ...] = ()
     if contours:
         c = max(contours, key=cv2.contourArea)
