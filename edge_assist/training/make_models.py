@@ -67,10 +67,10 @@ class Plan:
     # Teacher ~160 s/epoch, student ~100 s/epoch (one thread) on the 9.6k readable frames of 600 patients per
     # preset; issue #4: lesions need >3 epochs. On 200 patients 12 epochs had been best (with the lesion mask:
     # validation findings F1 0.857, size 3.77 mm; 20 overfit the findings, F1 0.80); three times the patients
-    # at 8 epochs: held-out F1 0.766 -> 0.804, size 5.04 -> 3.71 mm (docs/TRAINING.md). The student at 12
-    # epochs instead of 8 (2026-11-30; 2160 validation frames, with the lesion head): F1 0.786 -> 0.796.
+    # at 8 epochs: held-out F1 0.766 -> 0.804, size 5.04 -> 3.71 mm (docs/TRAINING.md). The student at 8 / 12 /
+    # 16 epochs (2026-11-30; 2160 validation frames, with the lesion head, two threads): F1 0.786 / 0.796 / 0.804.
     teacher_epochs: int = 8
-    interpreter_epochs: int = 12
+    interpreter_epochs: int = 16
     # The lesion head (a second look at source resolution, edge_assist.lesion_crop) on the readable
     # lesion frames of the interpreter's patients; ~6 s/epoch. 0 = no lesion head.
     lesion_epochs: int = 30
