@@ -483,7 +483,7 @@ def write_model_card(engines: Path, manifest: dict) -> Path:
         "  a box 2.5 times the lesion's long axis, cut from the frame at the source's own resolution and resized",
         "  to 64x64. Its echogenicity, margins and measured size replace the interpreter's, and the location is",
         "  the depth third its mask's centre lies in (`second_look` in the findings). Where the interpreter's mask",
-        "  shows nothing, or it reports no lesion (a sixth of the held-out lesions), there is no second look;",
+        "  shows nothing, or it reports no lesion (a fifth of the held-out lesions), there is no second look;",
         "  lesions it misses stay missed. It was trained on the simulator's 256x256 frames, where a liver pixel is",
         "  about 0.8 mm; a scanner's frames are finer, which it has not seen.",
         "- Lesion size is reported in mm only when the source gives pixel spacing. It is measured along the lesion's",
