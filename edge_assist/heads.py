@@ -99,10 +99,14 @@ class LesionLook:
     location: str | None = None  # the depth third of its mask's centre; None when the mask shows nothing
 
 
+def lesion_probability(spec: HeadSpec, out: dict[str, np.ndarray]) -> float:
+    """p(lesion) from the interpreter's raw outputs, with its fitted temperature."""
+    return float(_sigmoid(np.asarray(out["lesion"], dtype=np.float64).reshape(-1)[0] / float(spec.decode.get("temperature", 1.0))))
+
+
 def lesion_decided(spec: HeadSpec, out: dict[str, np.ndarray]) -> bool:
     """Whether the interpreter's raw outputs report a lesion (its decode's rule)."""
-    p = float(_sigmoid(np.asarray(out["lesion"], dtype=np.float64).reshape(-1)[0] / float(spec.decode.get("temperature", 1.0))))
-    return p >= float(spec.decode.get("lesion_threshold", 0.5))
+    return lesion_probability(spec, out) >= float(spec.decode.get("lesion_threshold", 0.5))
 
 
 def lesion_box(spec: HeadSpec, interp_mask: np.ndarray | None, region_hw: tuple[int, int]) -> CropBox | None:
@@ -158,8 +162,8 @@ def decode_interpreter(
     temp = float(spec.decode.get("temperature", 1.0))  # fitted on held-out data (calibration)
     s_probs = _sigmoid(np.asarray(out["structures"], dtype=np.float64).reshape(-1) / temp)
     structures = [n for n, p in zip(lab["structures"], s_probs) if p >= float(spec.decode.get("structure_threshold", 0.5))]
-    p_lesion = float(_sigmoid(np.asarray(out["lesion"], dtype=np.float64).reshape(-1)[0] / temp))
-    lesion = p_lesion >= float(spec.decode.get("lesion_threshold", 0.5))
+    p_lesion = lesion_probability(spec, out)
+    lesion = lesion_decided(spec, out)
     size_mm = echo = margins = location = None
     measurement = None
     confs = [max(p_lesion, 1 - p_lesion)] + [max(p, 1 - p) for p in s_probs]

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from edge_assist.preprocess import to_grey
 from edge_assist.vocab import LOCATIONS
 
 CROP_SIZE = 64  # the lesion head's input, pixels a side
@@ -79,8 +80,6 @@ def depth_third(fraction: float) -> str:
 def cut(region: np.ndarray, box: CropBox, size: int = CROP_SIZE) -> np.ndarray:
     """The box's pixels of the scan region (grey or RGB; zero outside it) as
     grey, resized to size x size uint8."""
-    from edge_assist.preprocess import to_grey
-
     img = np.asarray(region)
     H, W = img.shape[:2]
     x0, y0, side = box.grid()

@@ -86,24 +86,23 @@ def test_own_data_with_lesion_masks_trains_the_mask_and_the_lesion_head(tmp_path
     assert p.returncode == 0, p.stderr[-2000:]
     assert (out / "lesion.pt").is_file()
 
-    # a mask that does not match its image: one line naming the record, exit code 2
+    # a bad mask on one record: one line naming the record, exit code 2
     lines = (root / "manifest.jsonl").read_text().splitlines()
     k = next(i for i, l in enumerate(lines) if "lesion_mask" in l)
     import cv2
 
     cv2.imwrite(str(root / "masks" / "small.png"), np.zeros((10, 10), np.uint8))
-    rec = json.loads(lines[k])
-    rec["lesion_mask"] = "masks/small.png"
-    lines[k] = json.dumps(rec)
-    (root / "manifest.jsonl").write_text("\n".join(lines) + "\n")
-    p = subprocess.run([sys.executable, "-m", "edge_assist", "train", "lesion", "--data", str(root), "--out", str(out)],
-                       capture_output=True, text=True, timeout=120)
+
+    def train_with_mask(mask_path: str):
+        rec = json.loads(lines[k])
+        rec["lesion_mask"] = mask_path
+        (root / "manifest.jsonl").write_text("\n".join(lines[:k] + [json.dumps(rec)] + lines[k + 1:]) + "\n")
+        return subprocess.run([sys.executable, "-m", "edge_assist", "train", "lesion", "--data", str(root), "--out", str(out)],
+                              capture_output=True, text=True, timeout=120)
+
+    p = train_with_mask("masks/small.png")  # does not match its image
     assert p.returncode == 2 and f"line {k + 1}" in p.stderr and "match" in p.stderr and "Traceback" not in p.stderr
-    rec["lesion_mask"] = "masks/missing.png"
-    lines[k] = json.dumps(rec)
-    (root / "manifest.jsonl").write_text("\n".join(lines) + "\n")
-    p = subprocess.run([sys.executable, "-m", "edge_assist", "train", "lesion", "--data", str(root), "--out", str(out)],
-                       capture_output=True, text=True, timeout=120)
+    p = train_with_mask("masks/missing.png")
     assert p.returncode == 2 and f":{k + 1}:" in p.stderr and "not found" in p.stderr and "Traceback" not in p.stderr
 
 

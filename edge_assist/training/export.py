@@ -24,7 +24,7 @@ from edge_assist.guidance_memory import ACTION_INPUT as ACTION_INPUT_NAME
 from edge_assist.guidance_memory import DEFAULT_INTERVAL_MS as MEMORY_INTERVAL_MS
 from edge_assist.manifest import FORMAT, sha256_file
 from edge_assist.training.common import TrainingError, log, write_json
-from edge_assist.training.data import INPUT_SIZE, MEAN, STD
+from edge_assist.training.data import INPUT_SIZE, MEAN, STD, normalise
 from edge_assist.vocab import ACTIONS, ECHOGENICITY, LOCATIONS, MARGINS, QUALITY_REASONS, QUALITY_THRESHOLD, STRUCTURES
 
 OPSET = 18
@@ -269,10 +269,9 @@ def export_lesion(ckpt: Path, out_dir: Path, crops_u8: np.ndarray | None = None)
     path = export_onnx(folded, Path(out_dir) / "lesion.onnx", in_ch=1, output_names=OUTPUT_NAMES["lesion"], head="lesion",
                        input_hw=hw, input_name=CROP_INPUT)
     rng = np.random.default_rng(0)
-    noise = rng.rayleigh(60, size=(8, 1, *hw)).clip(0, 255)
-    real = crops_u8[rng.choice(len(crops_u8), size=min(8, len(crops_u8)), replace=False)][:, None] if crops_u8 is not None and len(crops_u8) else noise
-    norm = lambda u8: ((u8.astype(np.float32) / 255.0 - MEAN) / STD).astype(np.float32)  # noqa: E731
-    diff = max(parity(model, path, norm(real)), parity(folded, path, norm(noise)))
+    noise = rng.rayleigh(60, size=(8, *hw)).clip(0, 255)
+    real = crops_u8[rng.choice(len(crops_u8), size=min(8, len(crops_u8)), replace=False)] if crops_u8 is not None and len(crops_u8) else noise
+    diff = max(parity(model, path, normalise(real)), parity(folded, path, normalise(noise)))
     if diff > PARITY_TOL:
         raise TrainingError(f"lesion: ONNX Runtime differs from torch by {diff:.2e} (> {PARITY_TOL}); not exported")
     decode = {"temperature": float(ck.get("temperature", 1.0)), "box_threshold": BOX_THRESHOLD, "context": CONTEXT,

@@ -38,7 +38,7 @@ from edge_assist.lesion_measure import measure_on_mask
 from edge_assist.training.common import (
     DEFAULT_SEED, TrainingError, log, macro_f1_multiclass, progress, seed_everything, torch_load, torch_save,
 )
-from edge_assist.training.data import MEAN, STD
+from edge_assist.training.data import MEAN, STD, normalise
 from edge_assist.training.interpreter import MaskDecoder, conv_bn_relu, mask_loss
 from edge_assist.vocab import ECHOGENICITY, MARGINS, QUALITY_THRESHOLD
 
@@ -232,10 +232,6 @@ def crop_pair(region: np.ndarray, mask: np.ndarray | None, box: CropBox) -> tupl
     return img, cv2.resize(m, (MASK_OUT, MASK_OUT), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
 
 
-def _normalise(crops_u8: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(((crops_u8.astype(np.float32) / 255.0 - MEAN) / STD)[:, None])
-
-
 def make_batch(data: LesionFrames, boxes: np.ndarray, idx: np.ndarray, rng: np.random.Generator | None):
     """Crops, mask targets and labels of frames idx; rng: training jitter and
     augmentation (None: the true box as it is)."""
@@ -253,7 +249,7 @@ def make_batch(data: LesionFrames, boxes: np.ndarray, idx: np.ndarray, rng: np.r
         gain = rng.uniform(0.85, 1.15, size=(len(idx), 1, 1))
         offset = rng.uniform(-8, 8, size=(len(idx), 1, 1))
         crops = np.clip(crops * gain + offset, 0, 255).astype(np.uint8)
-    return (_normalise(crops), torch.from_numpy(np.ascontiguousarray(targets[:, None])),
+    return (torch.from_numpy(normalise(crops)), torch.from_numpy(np.ascontiguousarray(targets[:, None])),
             torch.from_numpy(data.echo[idx]), torch.from_numpy(data.margins[idx]))
 
 
@@ -278,7 +274,7 @@ def predict_crops(model: LesionNet, crops_u8: np.ndarray, batch_size: int = 256)
     outs = {"echo": [], "margins": [], "mask": []}
     with torch.no_grad():
         for s in range(0, len(crops_u8), batch_size):
-            e, m, mask = model(_normalise(crops_u8[s : s + batch_size]))
+            e, m, mask = model(torch.from_numpy(normalise(crops_u8[s : s + batch_size])))
             outs["echo"].append(e.numpy())
             outs["margins"].append(m.numpy())
             outs["mask"].append(mask.numpy())
