@@ -239,6 +239,42 @@ def test_optimal_action_reduces_pose_error():
     assert checked > 100
 
 
+def test_the_target_view_is_judged_by_what_the_beam_cuts():
+    """view_offset: 0 at the target; a slide along the image of one tolerance
+    is the budget; an elevational slide changes the view and the policy
+    moves; a fan that brings the beam back over the organ makes it the
+    target view again although w alone is out of tolerance; components
+    each within tolerance whose changes add up are not the target view."""
+    vp = VirtualPatient("liver", 50_123, image_size=(64, 64))
+    _, truth = vp.render()
+    assert vp.view_offset() == 0.0 and truth["at_target"] and truth["view_offset"] == 0.0
+    vp.set_pose_error(u=vp.tol["u"])
+    assert vp.view_offset() <= 1.0 + 1e-9  # the budget is the worse of the two directions
+    vp.set_pose_error(u=3 * vp.tol["u"])
+    assert vp.view_offset() > 1.0 and vp.optimal_action() == "slide_left"
+    vp.set_pose_error(w=1.5 * vp.tol["w"])
+    _, truth = vp.render()
+    assert truth["view_offset"] > 1.0 and not truth["at_target"] and truth["action"] == "slide_feet"
+    assert "off_target" in truth["reasons"]
+    vp.set_pose_error(w=1.5 * vp.tol["w"], fan=-1.0 * vp.tol["fan"])
+    _, truth = vp.render()
+    assert truth["view_offset"] <= 1.0 and truth["at_target"] and truth["action"] == "hold"
+    assert "off_target" not in truth["reasons"]
+    vp.reset_to_target()
+    vp.set_pose(depth=vp.target["depth"] + 2 * vp.tol["depth"])
+    _, truth = vp.render()
+    assert vp.view_offset() == 0.0 and not truth["at_target"]  # same anatomy cut, the depth is off
+    rng = np.random.default_rng(3)
+    added_up = 0
+    for _ in range(60):  # every component within 0.95 of its tolerance: the changes may add up
+        vp.reset_to_target()
+        vp.set_pose_error(**{c: float(rng.choice([-0.95, 0.95]) * vp.tol[c]) for c in ("u", "w", "rot", "fan", "rock")})
+        if vp.view_offset() > 1.0:
+            added_up += 1
+            assert not vp.at_target() and vp.optimal_action() != "hold"
+    assert added_up > 0
+
+
 def test_policy_order_and_determinism():
     vp = VirtualPatient("liver", 0)
     t = vp.target

@@ -16,13 +16,22 @@ state, in the order a sonographer works:
   4. position: the larger of the two slide errors (in the probe's frame:
      u along the image, w across it);
   5. rock, 6. rotation, 7. fan, each only if out of tolerance;
-  8. everything within tolerance -> 'hold' (target reached).
+  8. the view on screen is the target view -> 'hold' (target reached).
+
+The target view is judged by what the beam cuts (view_offset): once depth
+and gain are right, the view is the target's when its tissue differs from
+the target view's no more than an in-plane slide of one tolerance (6 mm)
+changes it, whatever the single components say. An elevational slide and a
+fan that cancel at the organ's depth show the target view; components each
+within tolerance whose changes add up do not, and the policy then steps the
+one furthest off. The truth's off-target severity is the same view offset.
 
 Every move changes exactly one component by one step toward the target, and
-the tolerances exceed half a step, so following the policy always ends at
-the target (tests check the closed loop). The tolerances are the target
-view's, per preset (TOLERANCES): how far each component may be off before
-the view itself changes (sim/README.md says how they were measured).
+the tolerances exceed half a step, so following the policy always ends
+(tests check the closed loop). The tolerances are the target view's, per
+preset (TOLERANCES): how far each component alone may be off before the
+view changes (sim/README.md says how they were measured); they set the
+order of the corrections.
 """
 
 from __future__ import annotations
@@ -94,6 +103,11 @@ _ACTION_FOR = {(comp, sign): a for a, eff in ACTION_EFFECT.items() if eff for co
 # off any frame, and a well-set image shows the rest), then what moves the
 # anatomy within the plane, then across it.
 GROUPS = (("depth", ("depth",)), ("gain", ("gain",)), ("slide", ("u", "w")), ("rock", ("rock",)), ("rotate", ("rot",)), ("fan", ("fan",)))
+SETTINGS_GROUPS = 2  # the first two groups are the image's settings; the rest move the view
+GROUP_OF = {c: name for name, comps in GROUPS for c in comps}
+# The target view is judged by what the beam cuts, on every other beam line:
+# half the cost, and the same verdict as every line on 59 of 60 poses near the target.
+VIEW_LINE_STRIDE = 2
 ANGLE_LIMIT = 35.0
 GAIN_LIMIT = 30.0
 SLIDE_LIMIT = 90.0  # mm from the target
@@ -184,6 +198,8 @@ class VirtualPatient:
         self._lock = threading.RLock()
         self._geos: dict[float, BeamGeometry] = {}
         self._cache = None
+        self._view_ref: tuple[np.ndarray, float] | None = None  # the target view's cut and budget (lazily)
+        self._view_memo: tuple | None = None  # (pose, view offset) of the last pose judged
         self._calib = None
         self._salt = zlib.crc32(f"{preset}:{seed}".encode())
         self.reseed(seed)
@@ -359,11 +375,64 @@ class VirtualPatient:
         if self.deg["contact"] < 0.999:
             return "hold", "contact"
         e = self._errors()
-        for name, comps in GROUPS:
+
+        def toward(k: str) -> str:
+            return _ACTION_FOR[(k, -1 if e[k] > 0 else +1)]
+
+        for i, (name, comps) in enumerate(GROUPS):
+            if i == SETTINGS_GROUPS and self._view_offset() <= 1.0:
+                return "hold", "at_target"  # the settings are right and the screen shows the target view
             k = max(comps, key=lambda c: abs(e[c]) / self.tol[c])
             if abs(e[k]) / self.tol[k] > 1.0:
-                return _ACTION_FOR[(k, -1 if e[k] > 0 else +1)], name
+                return toward(k), name
+        # Every component within its tolerance, yet together they change the
+        # view more than the target view allows: step the one furthest off, if
+        # a step brings it closer; else this is as near as the steps reach.
+        k = max(ERROR_KEYS, key=lambda c: abs(e[c]) / self.tol[c])
+        if abs(e[k]) > 0.5 * STEP[k]:
+            return toward(k), GROUP_OF[k]
         return "hold", "at_target"
+
+    # -- the view on screen -------------------------------------------------------
+    def _view_cut(self) -> np.ndarray:
+        """The tissue the beam cuts at the current probe pose, down to the
+        target depth whatever the display depth (every VIEW_LINE_STRIDE-th
+        line; no occluders, the heart at rest)."""
+        geo = self.geometry(self.target["depth"])
+        o, d = self._lines(geo)
+        return self.phantom.paint(o[::VIEW_LINE_STRIDE], d[::VIEW_LINE_STRIDE], geo.r, geo.dr, 0.0)
+
+    def _view_reference(self) -> tuple[np.ndarray, float]:
+        """The target view's cut and the budget: the fraction of it that an
+        in-plane slide of one slide tolerance (TOL['u'], either way) changes."""
+        if self._view_ref is None:
+            pose = dict(self.pose)
+            try:
+                self.reset_to_target()
+                ref = self._view_cut()
+                budget = 0.0
+                for sign in (-1.0, 1.0):
+                    self.set_pose_error(u=sign * TOL["u"])
+                    budget = max(budget, float((self._view_cut() != ref).mean()))
+            finally:
+                self.pose = pose
+            self._view_ref = (ref, max(budget, 1e-6))
+        return self._view_ref
+
+    def _view_offset(self) -> float:
+        key = tuple(self.pose[k] for k in POSE_KEYS)
+        if self._view_memo is None or self._view_memo[0] != key:
+            ref, budget = self._view_reference()
+            self._view_memo = (key, float((self._view_cut() != ref).mean()) / budget)
+        return self._view_memo[1]
+
+    def view_offset(self) -> float:
+        """How far the view on screen is from the target view: the share of
+        the beam whose tissue differs from the target view's, in units of
+        what a one-tolerance slide along the image changes (<= 1: the target
+        view, framed as a sonographer accepts it). Depth and gain aside."""
+        with self._lock:
+            return self._view_offset()
 
     def optimal_action(self) -> str:
         with self._lock:
@@ -556,7 +625,7 @@ class VirtualPatient:
         t_shadow = float(area[tmask & shadow].sum()) / t_total if t_total > 0 else 0.0
         visibility = float(an["vis_cls"][tcls]) / calib["target_area"]
         e = self._errors()
-        pose_norm = max(abs(e[k]) / self.tol[k] for k in ERROR_KEYS)
+        pose_norm = self._view_offset()  # off target as the screen shows it, not one component at a time
         b = T.severities(
             contact=self.deg["contact"], shadow_excess=max(0.0, an["shadow_fraction"] - calib["shadow_fraction"]),
             target_shadow=t_shadow, gain_err=e["gain"], tgc_db=self.deg["tgc_db"], depth_err=e["depth"], depth_tol=self.tol["depth"],
@@ -577,6 +646,7 @@ class VirtualPatient:
             "action": action,
             "action_reason": why,
             "at_target": why == "at_target",
+            "view_offset": round(min(pose_norm, 99.0), 3),
             "pose_error": self.pose_error(),
             "findings": findings,
             "report_en": sentence_en(**findings),
