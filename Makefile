@@ -26,7 +26,7 @@ test: $(STAMP)
 # One torch thread: the same weights whatever the core count, and no slow-down
 # when another job holds a core (docs/TRAINING.md).
 models: $(STAMP)
-	EDGE_ASSIST_THREADS=1 $(VENV)/bin/edge-assist train all --out engines
+	EDGE_ASSIST_THREADS=2 $(VENV)/bin/edge-assist train all --out engines
 
 bench: $(STAMP)
 	$(VENV)/bin/edge-assist bench
