@@ -223,6 +223,10 @@ def test_eval_quick_returns_the_keys_without_torch(tiny_engines_128):
     assert g["expert_closed_loop_success"] == 1.0
     assert set(r["real_frames"]) >= {"examples_ybr_color", "examples_rgb_color", "examples_palette", "palette_lowest"}
     assert "int8" in r and set(r["latency_ms"]) == {"quality", "guidance", "interpreter"}
+    interp = r["interpreter"]
+    if "f1" in interp:  # every findings term says how many positive frames it rests on
+        assert set(interp["f1_support"]) == set(interp["f1"])
+        assert all(isinstance(n, int) and n >= 0 for n in interp["f1_support"].values())
     assert r["setup"]["seconds"] < 60
 
 

@@ -164,17 +164,20 @@ def interpreter_metrics(out: dict) -> dict:
     s_thr = float(dec.get("structure_threshold", 0.5))
     l_thr = float(dec.get("lesion_threshold", 0.5))
     terms: dict[str, float] = {}
+    support: dict[str, int] = {}  # positive frames behind each term: a term on a handful of them is a coin toss
     st_t = np.array([[s in r["truth"]["findings"]["structures"] for s in STRUCTURES] for r in good])
     st_p = np.array([_sigmoid(r["raw"]["structures"] / temp) >= s_thr for r in good])
     for j, name in enumerate(STRUCTURES):
         v = f1_binary(st_t[:, j], st_p[:, j])
         if not np.isnan(v):
             terms[f"structure/{name}"] = v
+            support[f"structure/{name}"] = int(st_t[:, j].sum())
     les_t = np.array([bool(r["truth"]["findings"]["lesion_present"]) for r in good])
     les_p = np.array([float(_sigmoid(r["raw"]["lesion"][0] / temp)) >= l_thr for r in good])
     v = f1_binary(les_t, les_p)
     if not np.isnan(v):
         terms["lesion"] = v
+        support["lesion"] = int(les_t.sum())
     lesion_rows = [r for r in good if r["truth"]["findings"]["lesion_present"]]
     for role, key, names in (("echogenicity", "echogenicity", ECHOGENICITY), ("margins", "margins", MARGINS),
                              ("location", "location", LOCATIONS)):
@@ -182,6 +185,7 @@ def interpreter_metrics(out: dict) -> dict:
         yp = [int(np.argmax(_attribute_probs(r, role))) for r in lesion_rows if r["truth"]["findings"][key] in names]
         if yt:
             terms[key] = macro_f1_multiclass(yt, yp, len(names))
+            support[key] = len(yt)
     errs, measured = [], []
     for r in lesion_rows:
         size = r["truth"]["findings"]["size_mm"]
@@ -203,6 +207,7 @@ def interpreter_metrics(out: dict) -> dict:
         "size_mae_measured_mm": (round(float(np.mean(np.array(errs)[np.array(measured)])), 3)
                                  if any(measured) else float("nan")),
         "f1": {k: round(float(v), 3) for k, v in terms.items()},
+        "f1_support": support,
         # lesion frames the lesion head read (a lesion reported and a box on the interpreter's mask)
         "second_look_fraction": (round(float(np.mean([r.get("look") is not None for r in lesion_rows])), 3)
                                  if lesion_rows else float("nan")),
