@@ -60,13 +60,16 @@ def _pc(v) -> str:
 
 
 def _overhead(r: dict) -> str:
-    """ratio (+ms), with ∥ when the heads ran in parallel."""
+    """ratio (+ms), with ∥ when the heads ran in parallel and ⚡ when frames were primed."""
     out = _f(r.get("overhead_ratio"))
     if r.get("overhead_ms") is not None:
         out += f" ({r['overhead_ms']:+.2f} ms)"
     share = r.get("heads_parallel_share")
     if r.get("heads_parallel") and share:
         out += f" ∥{100 * share:.0f}%"
+    primed = (r.get("prime") or {}).get("share")
+    if primed:
+        out += f" ⚡{100 * primed:.0f}%"
     return out
 
 
@@ -99,7 +102,9 @@ def markdown(doc: dict) -> str:
     lines.append("Latencies in ms, after warm-up. e2e: capture time → hints ready. limit: bare session.run of the heads on the "
                  "e2e path (quality + guidance; + interpreter when it runs inside the loop), same sessions, same run, paced like the "
                  "source for live runs. overhead = e2e p50 / limit p50 (in brackets: e2e p50 − limit p50 in ms; ∥N% = on N % of the "
-                 "frames quality and guidance ran at the same time in two threads; the limit still runs them one after the other). "
+                 "frames quality and guidance ran at the same time in two threads; the limit still runs them one after the other; "
+                 "⚡N% = N % of the frames came after a priming pass that ran the last frame's preprocessing and heads again "
+                 "shortly before it was due, off its path; the limit is not primed). "
                  "Naive: every head on every frame, in order, one thread.")
     reps = [r for r in doc["runs"] if r.get("repeats")]
     if reps:

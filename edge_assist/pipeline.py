@@ -1,6 +1,7 @@
 """The real-time loop: capture thread -> latest-frame slot -> preprocess once
 -> quality + guidance on every frame -> interpreter (gated, may lag) ->
-smoothed hints -> sinks, under a per-frame latency budget.
+smoothed hints -> sinks, under a per-frame latency budget. Between frames of
+a paced source the loop may prime the caches for the next one (Primer).
 
 Threads: the capture thread (reads the source), the processing loop (the
 thread that calls run()), the head runner (parallel heads: guidance runs there
@@ -91,6 +92,11 @@ class FrameSlot:
             self._cond.notify_all()
             return frame
 
+    @property
+    def pending(self) -> bool:
+        """A frame is waiting (a read without the lock: a hint, not a claim)."""
+        return self._frame is not None
+
     def close(self) -> None:
         """Stop accepting frames; a frame still waiting is dropped."""
         with self._cond:
@@ -113,6 +119,7 @@ class FrameResult:
     missed_budget: bool
     interpreter_ran: bool = False
     heads_parallel: bool = False  # quality and guidance ran at the same time
+    primed: bool = False  # the caches were primed before this frame came
 
 
 class Sink(Protocol):
@@ -258,17 +265,13 @@ class HeadRunner:
         self._thread.join()
 
 
-class HeadsChooser:
-    """Parallel or sequential heads, frame by frame, by what each costs here.
+class CostChooser:
+    """One of two ways, frame by frame, by what each costs here.
 
-    Running guidance beside quality pays off when the second core is free; when
-    other processes keep both cores busy, the second thread waits for a core
-    (and may be preempted holding the GIL), and one thread is faster. So both
-    ways are timed as the heads' time on the frame's path (parallel: quality +
-    the wait for guidance; sequential: quality + guidance): the first frames
-    alternate, then the way with the lower recent median is used, and every
-    `probe_every`-th frame tries the other one, so a change of load is seen
-    within a few seconds."""
+    Both ways are timed on the frame's path: the first frames alternate, then
+    the way with the lower recent median is used, and every `probe_every`-th
+    frame tries the other one, so a change of load is seen within a few
+    seconds. Used for parallel vs sequential heads and for priming on or off."""
 
     def __init__(self, window: int = HEADS_WINDOW, probe_every: int = HEADS_PROBE_EVERY):
         self.costs: dict[bool, deque[float]] = {True: deque(maxlen=window), False: deque(maxlen=window)}
@@ -281,16 +284,102 @@ class HeadsChooser:
         return sorted(d)[len(d) // 2]
 
     def choose(self) -> bool:
-        """True: run this frame's heads in parallel."""
+        """True: take the first way (parallel heads; priming) for this frame."""
         self.n += 1
-        par, seq = self.costs[True], self.costs[False]
-        if len(par) < self.window or len(seq) < self.window:
-            return len(par) <= len(seq)  # alternate until both ways are measured
-        best = self._median(par) <= self._median(seq)
+        yes, no = self.costs[True], self.costs[False]
+        if len(yes) < self.window or len(no) < self.window:
+            return len(yes) <= len(no)  # alternate until both ways are measured
+        best = self._median(yes) <= self._median(no)
         return (not best) if self.n % self.probe_every == 0 else best
 
-    def add(self, parallel: bool, ms: float) -> None:
-        self.costs[parallel].append(ms)
+    def add(self, way: bool, ms: float) -> None:
+        self.costs[way].append(ms)
+
+
+class Primer:
+    """Primes the caches shortly before the next frame of a paced live source
+    is due, by running the last frame's preprocessing and heads again (the
+    results are thrown away).
+
+    Why: on a shared or busy machine a core that idled for a frame interval
+    has lost the models' weights from its caches, and the first run after the
+    gap is the slow one (this project's VM: quality + guidance 0.56 ms back to
+    back, 1.4 ms after 16.7 ms of sleep, 0.6 ms when primed 1.5 ms before).
+    Priming moves that cost off the frame's path at the price of one more pass
+    per frame (CPU). Whether it pays is measured, not assumed: a CostChooser
+    compares the frame path (preprocess + heads) of primed and unprimed frames
+    and keeps priming only where it is cheaper.
+
+    A pass starts `lead` before the frame is due: the recent median pass time
+    plus a margin. A frame that comes while a pass runs waits for it (that
+    wait is on its end-to-end time, counted in `collisions`); each collision
+    doubles the margin, and it shrinks again slowly while none happen."""
+
+    MARGIN_MIN_NS = 500_000
+    MARGIN_STEP_NS = 250_000  # added per collision
+    SHRINK_AFTER = 120  # frames without a collision before the margin shrinks
+
+    def __init__(self, period_ns: int, adaptive: bool = True):
+        self.period_ns = int(period_ns)
+        self.chooser = CostChooser() if adaptive else None
+        self.margin_ns = self.MARGIN_MIN_NS
+        self.pass_ms: deque[float] = deque(maxlen=15)
+        self.last_t_ns: int | None = None  # capture time of the last frame processed
+        self.done_for: int | None = None  # the due time already decided for
+        self.decision: bool | None = None  # for the frame now awaited: primed or not (None: not decided)
+        self.passes = 0
+        self.collisions = 0
+        self.frames_primed = 0
+        self._quiet = 0
+
+    def lead_ns(self) -> int:
+        p = sorted(self.pass_ms)[len(self.pass_ms) // 2] if self.pass_ms else 1.0
+        return int(p * 1e6) + self.margin_ns
+
+    def plan(self, now_ns: int) -> tuple[int, int] | None:
+        """(when to start priming, the due time it primes for), or None when
+        there is no time left for a pass before the next frame, or it was
+        decided already."""
+        if self.last_t_ns is None or self.period_ns <= 0:
+            return None
+        k = max(1, -(-(now_ns - self.last_t_ns) // self.period_ns))  # the next due time after now
+        due = self.last_t_ns + k * self.period_ns
+        start = due - self.lead_ns()
+        if due == self.done_for or start < now_ns:
+            return None
+        return start, due
+
+    def decide(self, due: int) -> bool:
+        """Called once per interval when its priming time comes: prime or not."""
+        self.done_for = due
+        self.decision = self.chooser.choose() if self.chooser is not None else True
+        return self.decision
+
+    def passed(self, ms: float, collided: bool) -> None:
+        self.passes += 1
+        self.pass_ms.append(ms)
+        if collided:
+            self.collisions += 1
+            self.margin_ns = min(self.margin_ns + self.MARGIN_STEP_NS, self.period_ns // 2)
+            self._quiet = 0
+        else:
+            self._quiet += 1
+            if self._quiet >= self.SHRINK_AFTER:
+                self.margin_ns = max(self.MARGIN_MIN_NS, int(self.margin_ns * 0.8))
+                self._quiet = 0
+
+    def frame_done(self, t_capture_ns: int, path_ms: float) -> bool:
+        """Record a processed frame and what its path cost (preprocess +
+        heads); returns whether it was primed. Only frames whose interval was
+        decided are compared: a frame that came with no gap before it (the
+        loop was busy) is hot either way."""
+        primed = bool(self.decision)
+        if self.chooser is not None and self.decision is not None:
+            self.chooser.add(primed, path_ms)
+        self.frames_primed += int(primed)
+        self.last_t_ns = t_capture_ns
+        self.decision = None
+        return primed
 
 
 class Pipeline:
@@ -309,6 +398,7 @@ class Pipeline:
         warmup_frames: int = 0,
         parallel_heads: bool | None = None,  # True / False: always / never; None: adaptive where possible
         interpreter_always: bool = False,  # benchmarks: run the interpreter whatever the quality (it still abstains)
+        prime: bool | None = None,  # True / False: always / never; None: adaptive for paced live sources
     ):
         self.source = source
         self.heads = heads
@@ -332,8 +422,23 @@ class Pipeline:
         # sessions and there are cores for both, chosen frame by frame by cost.
         self.parallel_heads = self._can_parallel() if parallel_heads is None else bool(parallel_heads)
         self.heads_mode = ("adaptive" if parallel_heads is None else "parallel") if self.parallel_heads else "sequential"
-        self._chooser = HeadsChooser() if self.heads_mode == "adaptive" else None
+        # Parallel or sequential heads, by cost: guidance beside quality pays
+        # off when the second core is free; when other processes keep both
+        # cores busy, the second thread waits for a core (and may be preempted
+        # holding the GIL), and one thread is faster. Cost: quality + the wait
+        # for guidance (parallel) or quality + guidance (sequential).
+        self._chooser = CostChooser() if self.heads_mode == "adaptive" else None
+        self._next_parallel: bool | None = None  # chosen when the frame was primed
+        # Priming needs idle time before a frame whose arrival can be foreseen:
+        # a source paced at a known frame rate, not every-frame mode (no gaps).
+        period_ns = int(1e9 / source.nominal_fps) if source.nominal_fps else 0
+        can_prime = bool(period_ns) and not every_frame
+        on = can_prime if prime is None else (bool(prime) and can_prime)
+        self.prime_mode = ("adaptive" if prime is None else "on") if on else "off"
+        self._primer = Primer(period_ns, adaptive=prime is None) if on else None
+        self._last_inputs: tuple | None = None  # (frame, tensor, guidance feed) of the last frame
         self.frames_heads_parallel = 0  # counted frames (after warm-up) whose heads ran in parallel
+        self.frames_primed = 0  # counted frames (after warm-up) whose caches were primed
         self.log = LatencyLog()
         self.slot = FrameSlot(every_frame)
         self._stop = threading.Event()
@@ -399,6 +504,7 @@ class Pipeline:
     # ----------------------------------------------------------------- capture
     def _capture_loop(self) -> None:
         precise_timers()
+
         try:
             while not self._stop.is_set():
                 try:
@@ -446,6 +552,50 @@ class Pipeline:
         runs in the head runner's thread with parallel heads)."""
         return self.heads.guidance(*feed)
 
+    def _choose_parallel(self, runner: HeadRunner | None) -> bool:
+        return runner is not None and (self._chooser is None or self._chooser.choose())
+
+    def _warm_guidance(self, feed: tuple) -> None:
+        self.heads.heads["guidance"].run(*feed)
+
+    def _prime(self, runner: HeadRunner | None) -> None:
+        """The last frame's preprocessing and heads once more, results thrown
+        away, the way the next frame will run them (same threads): see Primer."""
+        if self._last_inputs is None:
+            return
+        t0 = time.perf_counter_ns()
+        frame, tensor, gfeed = self._last_inputs
+        self.preprocessor.rehearse(frame)
+        parallel = self._next_parallel = self._choose_parallel(runner)
+        quality = self.heads.heads["quality"]
+        if parallel:
+            runner.submit(self._warm_guidance, gfeed)
+            try:
+                quality.run(tensor)
+            finally:
+                runner.result()
+        else:
+            quality.run(tensor)
+            self._warm_guidance(gfeed)
+        self._primer.passed(_ms(time.perf_counter_ns() - t0), collided=self.slot.pending)
+
+    def _next_frame(self, runner: HeadRunner | None) -> Frame | None:
+        """The next frame from the slot (None: none yet). With priming, the
+        wait is split: until the priming time, the pass, then the rest."""
+        primer = self._primer
+        if primer is not None:
+            now = time.monotonic_ns()
+            plan = primer.plan(now)
+            if plan is not None:
+                start, due = plan
+                frame = self.slot.get(timeout_s=min(0.05, (start - now) / 1e9))
+                if frame is not None or time.monotonic_ns() < start:
+                    return frame
+                if primer.decide(due):
+                    self._prime(runner)
+                return self.slot.get(timeout_s=0.05)
+        return self.slot.get(timeout_s=0.05)
+
     def _abstain(self, index: int) -> InterpreterResult:
         return InterpreterResult(index, True, ABSTAIN_TEXT, None, ABSTAIN_TEXT_ZH)
 
@@ -462,12 +612,17 @@ class Pipeline:
 
         prep = self.preprocessor(frame)
         lap("preprocess")
-        parallel = runner is not None and (self._chooser is None or self._chooser.choose())
+        parallel = self._next_parallel
+        self._next_parallel = None
+        if parallel is None:
+            parallel = self._choose_parallel(runner)
+        gfeed = self._guidance.inputs(prep.tensor, frame.t_capture_ns)
+        self._last_inputs = (frame, prep.tensor, gfeed)
         if parallel:
             # Guidance in the runner thread, quality here, at the same time.
             # "guidance" is its own time in the runner; "guidance_wait" how
             # long this thread then waited for it: its part of the e2e path.
-            runner.submit(self._run_guidance, self._guidance.inputs(prep.tensor, frame.t_capture_ns))
+            runner.submit(self._run_guidance, gfeed)
             try:
                 q = self.heads.quality(prep.tensor)
             finally:
@@ -478,7 +633,7 @@ class Pipeline:
         else:
             q = self.heads.quality(prep.tensor)
             lap("quality")
-            g = self._run_guidance(self._guidance.inputs(prep.tensor, frame.t_capture_ns))
+            g = self._run_guidance(gfeed)
             lap("guidance")
             if runner is not None:
                 stages["guidance_wait"] = stages["guidance"]  # in line: all of it is on the path
@@ -507,7 +662,11 @@ class Pipeline:
             if e2e + self._interp_p50_ms <= self.budget_ms or self._interp_p50_ms == 0.0:
                 # The frame's pixels go by reference: sources hand out a new array per frame.
                 ran = worker.submit(prep.tensor, frame.index, q, prep.mm_per_px, (frame.pixels, prep.region))
-        return FrameResult(frame, prep, hints, q, g, stages, e2e, e2e > self.budget_ms, ran, parallel)
+        primed = False
+        if self._primer is not None:
+            path = stages["preprocess"] + stages["quality"] + stages.get("guidance_wait", stages["guidance"])
+            primed = self._primer.frame_done(frame.t_capture_ns, path)
+        return FrameResult(frame, prep, hints, q, g, stages, e2e, e2e > self.budget_ms, ran, parallel, primed)
 
     def run(self) -> dict:
         """Process until the source ends, max_frames, or stop(). Returns the summary."""
@@ -523,7 +682,7 @@ class Pipeline:
         try:
             runner = HeadRunner() if self.parallel_heads else None
             while not self._stop.is_set():
-                frame = self.slot.get(timeout_s=0.05)
+                frame = self._next_frame(runner)
                 if frame is None:
                     if self._capture_done.is_set():
                         break
@@ -539,6 +698,7 @@ class Pipeline:
                     self.misses += 1
                 if self.frames_processed > self.warmup_frames:
                     self.frames_heads_parallel += int(result.heads_parallel)
+                    self.frames_primed += int(result.primed)
                     for name, ms in result.stages_ms.items():
                         if name != "interpreter" or worker is None:
                             self.log.add(name, ms)
@@ -601,4 +761,14 @@ class Pipeline:
             "heads_parallel": self.parallel_heads,
             "heads_mode": self.heads_mode,
             "heads_parallel_share": self.frames_heads_parallel / counted if self.frames_processed > self.warmup_frames else 0.0,
+            "prime": self._prime_summary(counted),
         }
+
+    def _prime_summary(self, counted: int) -> dict:
+        pr = self._primer
+        out = {"mode": self.prime_mode, "share": 0.0, "passes": 0, "collisions": 0, "lead_ms": None, "pass_ms": None}
+        if pr is not None:
+            out.update(pass_ms=round(sorted(pr.pass_ms)[len(pr.pass_ms) // 2], 3) if pr.pass_ms else None,
+                       share=self.frames_primed / counted if self.frames_processed > self.warmup_frames else 0.0,
+                       passes=pr.passes, collisions=pr.collisions, lead_ms=round(pr.lead_ns() / 1e6, 3))
+        return out

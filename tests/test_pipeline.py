@@ -12,7 +12,7 @@ from edge_assist.errors import EndOfStream
 from edge_assist.frames import Frame, ScanRegion
 from edge_assist.heads import HeadSet
 from edge_assist.manifest import load_manifest
-from edge_assist.pipeline import FrameSlot, HeadRunner, HeadsChooser, Pipeline
+from edge_assist.pipeline import CostChooser, FrameSlot, HeadRunner, Pipeline, Primer
 from edge_assist.sources.base import FrameSource
 
 
@@ -389,7 +389,7 @@ def test_head_runner_hand_off_rules(no_thread_leak):
 
 
 def test_heads_chooser_measures_both_ways_then_takes_the_cheaper_and_probes():
-    c = HeadsChooser(window=3, probe_every=4)
+    c = CostChooser(window=3, probe_every=4)
     cost = {True: 1.0, False: 2.0}
     picks = []
     for _ in range(6):  # the first frames alternate until both ways are measured
@@ -427,3 +427,58 @@ def test_adaptive_heads_use_both_ways_and_stay_correct(tiny_engines, no_thread_l
         ref = []
         Pipeline(src, heads, every_frame=True, parallel_heads=False, on_result=ref.append).run()
     assert [r.raw_guidance.probs for r in res] == [r.raw_guidance.probs for r in ref]
+
+
+def test_primer_plans_a_pass_before_the_next_frame_is_due():
+    ms = 1_000_000
+    pr = Primer(period_ns=10 * ms, adaptive=False)
+    assert pr.plan(0) is None  # no frame yet: nothing to foresee
+    pr.frame_done(0, 1.0)
+    assert pr.lead_ns() == 1 * ms + Primer.MARGIN_MIN_NS  # no pass timed yet: 1 ms assumed
+    assert pr.plan(2 * ms) == (10 * ms - pr.lead_ns(), 10 * ms)
+    assert pr.plan(9_900_000) is None  # too late for a pass before this frame
+    assert pr.plan(10_500_000) == (20 * ms - pr.lead_ns(), 20 * ms)  # that frame is late: the one after
+    assert pr.decide(10 * ms) is True and pr.plan(2 * ms) is None  # decided once per due time
+    pr.passed(2.0, collided=True)
+    assert pr.collisions == 1 and pr.lead_ns() == 2 * ms + Primer.MARGIN_MIN_NS + Primer.MARGIN_STEP_NS
+    assert pr.frame_done(10 * ms, 1.0) is True and pr.frames_primed == 1
+    assert pr.frame_done(20 * ms, 1.0) is False  # no decision for that one: not primed
+
+
+def test_adaptive_primer_compares_only_decided_frames():
+    pr = Primer(period_ns=10_000_000, adaptive=True)
+    pr.frame_done(0, 5.0)  # no gap before it (never decided): not a sample
+    assert all(len(d) == 0 for d in pr.chooser.costs.values())
+    t = 0
+    for _ in range(40):  # primed frames cost 1 ms, unprimed 3 ms
+        t += 10_000_000
+        primed = pr.decide(t)
+        pr.frame_done(t, 1.0 if primed else 3.0)
+    picks = [pr.decide(t + i) for i in range(1, 9)]
+    assert picks.count(True) >= 7  # primed, except the odd probe
+
+
+def test_priming_runs_one_pass_per_paced_frame(tiny_engines, no_thread_leak):
+    res = []
+    with make_heads(tiny_engines, slow={"quality": 0.0, "guidance": 0.0}) as heads, SyntheticSource(40, fps=40) as src:
+        pipe = Pipeline(src, heads, prime=True, parallel_heads=False, on_result=res.append)
+        s = pipe.run()
+        calls = {n: heads.heads[n].backend.calls for n in ("quality", "guidance")}
+    pr = s["prime"]
+    assert pr["mode"] == "on" and pr["passes"] >= 30 and pr["collisions"] <= pr["passes"]
+    # every head ran once per frame plus once per priming pass, no more
+    assert calls == {"quality": s["frames_processed"] + pr["passes"], "guidance": s["frames_processed"] + pr["passes"]}
+    # each pass primed the frame after it, but the last may have primed for a frame that never came
+    assert pr["passes"] - 1 <= sum(r.primed for r in res) <= pr["passes"]
+    assert [r.frame.index for r in res] == sorted(r.frame.index for r in res)
+
+
+def test_priming_is_off_in_every_frame_mode_and_when_asked(tiny_engines, no_thread_leak):
+    with make_heads(tiny_engines, slow={"quality": 0.0}) as heads:
+        with SyntheticSource(10, live=False) as src:
+            s = Pipeline(src, heads, every_frame=True, prime=True).run()
+        assert s["prime"]["mode"] == "off" and s["prime"]["passes"] == 0
+        with SyntheticSource(10, fps=40) as src:
+            s = Pipeline(src, heads, prime=False).run()
+        assert s["prime"] == {"mode": "off", "share": 0.0, "passes": 0, "collisions": 0, "lead_ms": None, "pass_ms": None}
+        assert heads.heads["quality"].backend.calls == 20 == 10 + s["frames_processed"]

@@ -283,3 +283,18 @@ def test_cached_per_frame_cost_240x320():
     median_ms = float(np.median(times)) / 1e6
     print(f"preprocess 240x320 RGB -> 128x128: median {median_ms * 1e3:.0f} us, p99 {np.percentile(times, 99) / 1e3:.0f} us")
     assert median_ms < 0.6
+
+
+def test_rehearse_repeats_the_work_and_touches_no_state():
+    rng = np.random.default_rng(3)
+    frames = [Frame(rng.integers(0, 255, (120, 160), dtype=np.uint8), i, 0) for i in range(3)]
+    pre = Preprocessor(size=(64, 64), warmup_frames=4)
+    pre.rehearse(frames[0])  # before the first frame: no plan yet, nothing happens
+    assert pre.region is None
+    first = pre(frames[0])
+    state = (len(pre._warm), pre._plan, pre._detected)
+    pre.rehearse(frames[1])
+    assert (len(pre._warm), pre._plan, pre._detected) == state  # detection did not see it
+    again = Preprocessor(size=(64, 64), warmup_frames=4)
+    assert np.array_equal(again(frames[0]).tensor, first.tensor)
+    assert np.array_equal(pre(frames[1]).tensor, again(frames[1]).tensor)
