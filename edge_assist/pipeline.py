@@ -297,8 +297,8 @@ class CostChooser:
 
 
 class Primer:
-    """Primes the caches shortly before the next frame of a paced live source
-    is due, by running the last frame's preprocessing and heads again (the
+    """Primes the caches shortly before the next frame of a paced source is
+    due, by running the last frame's preprocessing and heads again (the
     results are thrown away).
 
     Why: on a shared or busy machine a core that idled for a frame interval
@@ -313,14 +313,20 @@ class Primer:
     A pass starts `lead` before the frame is due: the recent median pass time
     plus a margin. A frame that comes while a pass runs waits for it (that
     wait is on its end-to-end time, counted in `collisions`); each collision
-    doubles the margin, and it shrinks again slowly while none happen."""
+    widens the margin by a step, and it shrinks again slowly while none
+    happen. When the next frame is due comes from the frames themselves (the
+    median interval between the last ones), not only from the source's
+    nominal rate: capture devices often deliver at another rate than they
+    report."""
 
     MARGIN_MIN_NS = 500_000
     MARGIN_STEP_NS = 250_000  # added per collision
     SHRINK_AFTER = 120  # frames without a collision before the margin shrinks
+    INTERVALS = 15  # frame intervals the period is the median of (once 5 are in)
 
     def __init__(self, period_ns: int, adaptive: bool = True):
-        self.period_ns = int(period_ns)
+        self.nominal_ns = int(period_ns)
+        self.intervals: deque[int] = deque(maxlen=self.INTERVALS)
         self.chooser = CostChooser() if adaptive else None
         self.margin_ns = self.MARGIN_MIN_NS
         self.pass_ms: deque[float] = deque(maxlen=15)
@@ -332,6 +338,13 @@ class Primer:
         self.frames_primed = 0
         self._quiet = 0
 
+    @property
+    def period_ns(self) -> int:
+        """The interval the next frame is expected after."""
+        if len(self.intervals) >= 5:
+            return sorted(self.intervals)[len(self.intervals) // 2]
+        return self.nominal_ns
+
     def lead_ns(self) -> int:
         p = sorted(self.pass_ms)[len(self.pass_ms) // 2] if self.pass_ms else 1.0
         return int(p * 1e6) + self.margin_ns
@@ -340,10 +353,11 @@ class Primer:
         """(when to start priming, the due time it primes for), or None when
         there is no time left for a pass before the next frame, or it was
         decided already."""
-        if self.last_t_ns is None or self.period_ns <= 0:
+        period = self.period_ns
+        if self.last_t_ns is None or period <= 0:
             return None
-        k = max(1, -(-(now_ns - self.last_t_ns) // self.period_ns))  # the next due time after now
-        due = self.last_t_ns + k * self.period_ns
+        k = max(1, -(-(now_ns - self.last_t_ns) // period))  # the next due time after now
+        due = self.last_t_ns + k * period
         start = due - self.lead_ns()
         if due == self.done_for or start < now_ns:
             return None
@@ -377,6 +391,8 @@ class Primer:
         if self.chooser is not None and self.decision is not None:
             self.chooser.add(primed, path_ms)
         self.frames_primed += int(primed)
+        if self.last_t_ns is not None and t_capture_ns > self.last_t_ns:
+            self.intervals.append(t_capture_ns - self.last_t_ns)
         self.last_t_ns = t_capture_ns
         self.decision = None
         return primed

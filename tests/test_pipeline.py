@@ -445,6 +445,18 @@ def test_primer_plans_a_pass_before_the_next_frame_is_due():
     assert pr.frame_done(20 * ms, 1.0) is False  # no decision for that one: not primed
 
 
+def test_primer_learns_the_interval_the_frames_come_at():
+    ms = 1_000_000
+    pr = Primer(period_ns=10 * ms, adaptive=False)  # the source says 100 fps ...
+    for i in range(4):
+        pr.frame_done(i * 25 * ms, 1.0)  # ... and delivers 40
+    assert pr.period_ns == 10 * ms  # fewer than 5 intervals: the nominal rate
+    for i in range(4, 8):
+        pr.frame_done(i * 25 * ms, 1.0)
+    assert pr.period_ns == 25 * ms
+    assert pr.plan(7 * 25 * ms + 2 * ms)[1] == 8 * 25 * ms
+
+
 def test_adaptive_primer_compares_only_decided_frames():
     pr = Primer(period_ns=10_000_000, adaptive=True)
     pr.frame_done(0, 5.0)  # no gap before it (never decided): not a sample
