@@ -65,6 +65,9 @@ def result_record(r: FrameResult) -> dict[str, Any]:
         },
         "interpreter": interp,
         "missed_budget": r.missed_budget,
+        # how the frame was run: quality and guidance at the same time; the caches primed before it came
+        "heads_parallel": r.heads_parallel,
+        "primed": r.primed,
     }
 
 

@@ -24,7 +24,8 @@ def test_run_dicom_every_frame_writes_outputs(tiny_engines, tmp_path):
     lines = (out / "hints.jsonl").read_text().splitlines()
     assert len(lines) == 30
     rec = json.loads(lines[0])
-    for key in ("frame", "t_capture_ns", "e2e_ms", "stages_ms", "quality", "guidance", "interpreter", "missed_budget"):
+    for key in ("frame", "t_capture_ns", "e2e_ms", "stages_ms", "quality", "guidance", "interpreter", "missed_budget",
+                "heads_parallel", "primed"):
         assert key in rec
     assert set(rec["quality"]) >= {"score", "reasons"} and set(rec["guidance"]) >= {"action", "confidence"}
     s = json.loads((out / "summary.json").read_text())
@@ -71,3 +72,19 @@ def test_backends_and_sources_commands():
     assert rc == 0 and json.loads(out)["ort"]["available"] is True
     rc, out, err = run_cli("sources")
     assert rc == 0 and "igtl" in out and "dicom" in out
+
+
+def test_run_primes_a_paced_source_only_when_asked(tiny_engines, tmp_path):
+    modes = {}
+    for prime in ("on", "off"):
+        out = tmp_path / prime
+        rc = main(["run", "--source", f"dicom:{YBR}", "--max-frames", "12", "--out", str(out), "--no-video",
+                   "--engines", str(tiny_engines), "--prime", prime])
+        assert rc == 0
+        s = json.loads((out / "summary.json").read_text())
+        recs = [json.loads(line) for line in (out / "hints.jsonl").read_text().splitlines()]
+        modes[prime] = (s["prime"]["mode"], s["prime"]["passes"], sum(r["primed"] for r in recs))
+    assert modes["off"] == ("off", 0, 0)
+    mode, passes, primed = modes["on"]
+    # every frame after the first can be primed; the last pass may be for a frame that never came
+    assert mode == "on" and passes >= 6 and passes - 1 <= primed <= passes
