@@ -302,8 +302,8 @@ class Primer:
     results are thrown away).
 
     Why: on a shared or busy machine a core that idled for a frame interval
-    has lost the models' weights from its caches, and the first run after the
-    gap is the slow one (this project's VM: quality + guidance 0.56 ms back to
+    has lost what the models need from its caches, and the first run after
+    the gap is the slow one (this project's VM: quality + guidance 0.56 ms back to
     back, 1.4 ms after 16.7 ms of sleep, 0.6 ms when primed 1.5 ms before).
     Priming moves that cost off the frame's path at the price of one more pass
     per frame (CPU). Whether it pays is measured, not assumed: a CostChooser
@@ -414,7 +414,7 @@ class Pipeline:
         warmup_frames: int = 0,
         parallel_heads: bool | None = None,  # True / False: always / never; None: adaptive where possible
         interpreter_always: bool = False,  # benchmarks: run the interpreter whatever the quality (it still abstains)
-        prime: bool | None = None,  # True / False: always / never; None: adaptive for paced live sources
+        prime: bool | None = None,  # True / False: always / never; None: adaptive for paced sources
     ):
         self.source = source
         self.heads = heads
@@ -520,7 +520,6 @@ class Pipeline:
     # ----------------------------------------------------------------- capture
     def _capture_loop(self) -> None:
         precise_timers()
-
         try:
             while not self._stop.is_set():
                 try:
