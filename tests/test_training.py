@@ -354,3 +354,20 @@ def test_within_every_tolerance_is_the_per_component_test():
     vp.apply_degradations({"contact": 0.5})
     _, truth = vp.render()
     assert not within_every_tolerance(vp, truth)
+
+
+def test_depth_start_is_the_target_view_at_a_wrong_depth():
+    from edge_assist.sim.patient import STEP, VirtualPatient
+    from edge_assist.training.common import expert_action
+    from edge_assist.training.make_models import depth_start
+
+    rng = np.random.default_rng(5)
+    for preset in ("liver", "thyroid", "cardiac"):
+        vp = VirtualPatient(preset, 3)
+        depth_start(vp, rng)
+        image, truth = vp.render()
+        off = abs(truth["pose_error"]["depth_mm"]) / STEP["depth"]
+        assert off in (2, 3) or vp.pose["depth"] in (vp.probe.depth_min, vp.probe.depth_max)
+        assert expert_action(vp, truth) in ("depth_up", "depth_down")
+        assert all(abs(truth["pose_error"][k]) <= 0.5 * vp.tol[c] + 1e-9
+                   for c, k in (("u", "u_mm"), ("w", "w_mm"), ("rot", "rot_deg"), ("fan", "fan_deg"), ("rock", "rock_deg")))
