@@ -34,6 +34,7 @@ precision = "int8"
 [[variants]]
 label = "seq"
 parallel_heads = false
+prime = false
 
 [targets]
 e2e_p99_ms = 16.7
@@ -126,6 +127,11 @@ def test_bench_json_schema_and_consistency(tmp_path, tiny_engines, no_thread_lea
     _check_run(seq)
     assert seq["heads_parallel"] is False and "guidance_wait" not in seq["stages_ms"]
     assert seq["heads_mode"] == "sequential" and seq["heads_parallel_share"] == 0
+    # priming: adaptive by default for a paced source, off where the scenario says so
+    pr = r["prime"]
+    assert pr["mode"] == "adaptive" and 0 <= pr["collisions"] <= pr["passes"] and 0 <= pr["share"] <= 1
+    assert pr["passes"] > 0 and pr["lead_ms"] > 0
+    assert seq["prime"]["mode"] == "off" and seq["prime"]["passes"] == 0 and seq["prime"]["share"] == 0
     assert "parallel_overlap" not in seq["overhead_breakdown_ms"]
     for run in (r, seq):
         assert run["overhead_ms"] == pytest.approx(run["e2e_ms"]["p50"] - run["limit_ms"]["p50"], abs=1e-3)
@@ -241,6 +247,7 @@ def test_bundled_scenarios_load():
         ('source = "synthetic:"\n[targets]\np42 = 1\n', "unknown target"),
         ('source = "synthetic:"\n[[variants]]\nthreads = 2\n', "needs a `label`"),
         ('source = "synthetic:"\nparallel_heads = "yes"\n', "parallel_heads must be true or false"),
+        ('source = "synthetic:"\nprime = "auto"\n', "prime must be true or false"),
         ('source = "synthetic:"\ninterpreter_always = 1\n', "interpreter_always must be true or false"),
     ],
 )
