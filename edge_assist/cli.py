@@ -122,7 +122,7 @@ def run_pipeline(args, source_uri: str) -> dict:
                 sinks.append(stack.enter_context(AnnotatedVideoSink(out / "annotated.mp4", source.nominal_fps or 30.0)))
         pipe = Pipeline(
             source, heads, sinks, budget_ms=args.budget_ms, every_frame=args.every_frame, max_frames=args.max_frames,
-            prime={"auto": None, "on": True, "off": False}[getattr(args, "prime", "auto")],
+            prime={"auto": None, "on": True, "off": False}[args.prime],
         )
         previous = signal.getsignal(signal.SIGINT)
         signal.signal(signal.SIGINT, lambda *_: pipe.stop())  # Ctrl-C ends cleanly, outputs kept

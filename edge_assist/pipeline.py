@@ -449,7 +449,7 @@ class Pipeline:
         # a source paced at a known frame rate, not every-frame mode (no gaps).
         period_ns = int(1e9 / source.nominal_fps) if source.nominal_fps else 0
         can_prime = bool(period_ns) and not every_frame
-        on = can_prime if prime is None else (bool(prime) and can_prime)
+        on = can_prime and prime is not False
         self.prime_mode = ("adaptive" if prime is None else "on") if on else "off"
         self._primer = Primer(period_ns, adaptive=prime is None) if on else None
         self._last_inputs: tuple | None = None  # (frame, tensor, guidance feed) of the last frame
@@ -570,9 +570,6 @@ class Pipeline:
     def _choose_parallel(self, runner: HeadRunner | None) -> bool:
         return runner is not None and (self._chooser is None or self._chooser.choose())
 
-    def _warm_guidance(self, feed: tuple) -> None:
-        self.heads.heads["guidance"].run(*feed)
-
     def _prime(self, runner: HeadRunner | None) -> None:
         """The last frame's preprocessing and heads once more, results thrown
         away, the way the next frame will run them (same threads): see Primer."""
@@ -582,16 +579,15 @@ class Pipeline:
         frame, tensor, gfeed = self._last_inputs
         self.preprocessor.rehearse(frame)
         parallel = self._next_parallel = self._choose_parallel(runner)
-        quality = self.heads.heads["quality"]
         if parallel:
-            runner.submit(self._warm_guidance, gfeed)
+            runner.submit(self._run_guidance, gfeed)
             try:
-                quality.run(tensor)
+                self.heads.quality(tensor)
             finally:
                 runner.result()
         else:
-            quality.run(tensor)
-            self._warm_guidance(gfeed)
+            self.heads.quality(tensor)
+            self._run_guidance(gfeed)
         self._primer.passed(_ms(time.perf_counter_ns() - t0), collided=self.slot.pending)
 
     def _next_frame(self, runner: HeadRunner | None) -> Frame | None:
