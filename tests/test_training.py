@@ -371,3 +371,16 @@ def test_depth_start_is_the_target_view_at_a_wrong_depth():
         assert expert_action(vp, truth) in ("depth_up", "depth_down")
         assert all(abs(truth["pose_error"][k]) <= 0.5 * vp.tol[c] + 1e-9
                    for c, k in (("u", "u_mm"), ("w", "w_mm"), ("rot", "rot_deg"), ("fan", "fan_deg"), ("rock", "rock_deg")))
+
+
+def test_training_device_follows_edge_assist_device(monkeypatch):
+    from edge_assist.training.common import TrainingError, training_device
+
+    monkeypatch.setenv("EDGE_ASSIST_DEVICE", "cpu")
+    assert training_device().type == "cpu"
+    monkeypatch.delenv("EDGE_ASSIST_DEVICE")
+    assert training_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("EDGE_ASSIST_DEVICE", "cuda")
+        with pytest.raises(TrainingError, match="no CUDA GPU"):
+            training_device()

@@ -43,6 +43,14 @@ def seed_everything(seed: int) -> None:
     except ImportError:  # evaluation without torch
         return
     torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        # A GPU gives the same weights twice only with deterministic kernels: on
+        # an H200, two 1-epoch runs with one seed differed in the 4th digit of
+        # the loss without this. cuBLAS reads its setting when it starts.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def set_torch_threads(threads: int | None = None) -> int:
@@ -53,6 +61,32 @@ def set_torch_threads(threads: int | None = None) -> int:
         n = max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])))
     torch.set_num_threads(n)
     return n
+
+
+def training_device():
+    """Where a single-process training run puts its model: the first CUDA GPU
+    when there is one, else the CPU. EDGE_ASSIST_DEVICE (cpu, cuda, cuda:1)
+    overrides; `make models` sets cpu, since the committed engines are the CPU
+    run's weights (a GPU's kernels round differently)."""
+    import torch
+
+    name = os.environ.get("EDGE_ASSIST_DEVICE", "").strip()
+    if name:
+        dev = torch.device(name)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise TrainingError(f"EDGE_ASSIST_DEVICE={name}, but torch sees no CUDA GPU here; unset it or set cpu")
+        return dev
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def model_device(model):
+    """The device a model's weights are on."""
+    return next(model.parameters()).device
+
+
+def to_device(batch: dict, device) -> dict:
+    """A dict of tensors moved to a device (other values kept)."""
+    return {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
 
 
 def progress(iterable: Iterable | None = None, *, total: int | None = None, desc: str = "", enabled: bool = True, leave: bool = False):

@@ -22,6 +22,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from edge_assist.training.common import training_device
+
 
 @dataclass
 class DistContext:
@@ -44,8 +46,7 @@ class DistContext:
         """Join the process group torchrun describes (or stay single-process)."""
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
-            dev = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-            return cls(device=dev)
+            return cls(device=training_device())
         rank = int(os.environ["RANK"])
         local = int(os.environ.get("LOCAL_RANK", rank))
         use_cuda = torch.cuda.is_available() and backend != "gloo"

@@ -79,6 +79,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from edge_assist.lesion_measure import lesion_size_frac
+from edge_assist.training.common import model_device, seed_everything, to_device, training_device
 from edge_assist.training.data import ArrayDataset, normalise
 from edge_assist.vocab import ECHOGENICITY, LOCATIONS, MARGINS, QUALITY_THRESHOLD, STRUCTURES
 
@@ -407,10 +408,11 @@ def run_model(model: nn.Module, images_u8: np.ndarray, batch_size: int = 256) ->
     student with a mask head) of a student-like model."""
     was = model.training
     model.eval()
+    dev = model_device(model)
     chunks = []
     for s in range(0, len(images_u8), batch_size):
-        x = torch.from_numpy(normalise(images_u8[s : s + batch_size]))
-        chunks.append([o.float().numpy() for o in model(x)])
+        x = torch.from_numpy(normalise(images_u8[s : s + batch_size])).to(dev)
+        chunks.append([o.float().cpu().numpy() for o in model(x)])
     model.train(was)
     if not chunks:
         widths = (len(STRUCTURES), 1, 1, len(ECHOGENICITY), len(MARGINS), len(LOCATIONS))
@@ -645,6 +647,9 @@ def _lesion_weight(gt_lesion: torch.Tensor, t_lesion_logit: torch.Tensor) -> tor
 
 
 def _student_loss(student, proj, x, tgt, t_emb, t_outs, cw, weights):
+    dev = model_device(student)  # the batch comes from the CPU
+    x, tgt, t_emb = x.to(dev), to_device(tgt, dev), t_emb.to(dev)
+    t_outs = tuple(t.to(dev) for t in t_outs)
     h, outs, mask_logits = student.parts(x)
     gt, gt_parts = findings_loss(outs, tgt, cw)
     kd, kd_parts = distill_loss(outs, t_outs, _lesion_weight(tgt["lesion"], t_outs[1]))
@@ -712,9 +717,11 @@ def train_interpreter(train: ArrayDataset, val: ArrayDataset, teacher_ckpt: Path
     if len(tr_idx) < 2:
         raise ValueError(f"train_interpreter: only {len(tr_idx)} training frames with quality >= {label_min_quality}; need more data")
     teacher, _ = load_teacher(teacher_ckpt)
-    torch.manual_seed(seed)
+    seed_everything(seed)
     student = StudentNet(**cfg)
     proj = nn.Linear(cfg["hidden"], teacher.embed_dim)
+    dev = training_device()
+    teacher, student, proj = teacher.to(dev), student.to(dev), proj.to(dev)
     params = list(student.parameters()) + list(proj.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     start, history, ck = 0, [], None
@@ -742,7 +749,7 @@ def train_interpreter(train: ArrayDataset, val: ArrayDataset, teacher_ckpt: Path
     _log(progress, f"interpreter: teacher targets for {len(tr_idx)} train / {len(va_idx)} val frames "
                    f"({time.perf_counter() - t0:.0f} s)")
     del teacher
-    cw = class_weights(train, tr_idx)
+    cw = to_device(class_weights(train, tr_idx), dev)
     steps_per_epoch = max(1, len(tr_idx) // batch_size)
     total = steps_per_epoch * epochs
     warmup = min(200, max(1, total // 10))

@@ -36,7 +36,8 @@ from edge_assist.frames import Frame
 from edge_assist.lesion_crop import CROP_SIZE, CropBox, box_around, cut
 from edge_assist.lesion_measure import measure_on_mask
 from edge_assist.training.common import (
-    DEFAULT_SEED, TrainingError, log, macro_f1_multiclass, progress, seed_everything, torch_load, torch_save,
+    DEFAULT_SEED, TrainingError, log, macro_f1_multiclass, model_device, progress, seed_everything, torch_load, torch_save,
+    training_device,
 )
 from edge_assist.training.data import MEAN, STD, normalise
 from edge_assist.training.interpreter import MaskDecoder, conv_bn_relu, mask_loss
@@ -271,13 +272,14 @@ def _ce(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Te
 
 def predict_crops(model: LesionNet, crops_u8: np.ndarray, batch_size: int = 256) -> dict[str, np.ndarray]:
     model.eval()
+    dev = model_device(model)
     outs = {"echo": [], "margins": [], "mask": []}
     with torch.no_grad():
         for s in range(0, len(crops_u8), batch_size):
-            e, m, mask = model(torch.from_numpy(normalise(crops_u8[s : s + batch_size])))
-            outs["echo"].append(e.numpy())
-            outs["margins"].append(m.numpy())
-            outs["mask"].append(mask.numpy())
+            e, m, mask = model(torch.from_numpy(normalise(crops_u8[s : s + batch_size])).to(dev))
+            outs["echo"].append(e.cpu().numpy())
+            outs["margins"].append(m.cpu().numpy())
+            outs["mask"].append(mask.cpu().numpy())
     return {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in outs.items()}
 
 
@@ -326,7 +328,8 @@ def train_lesion(train: LesionFrames, val: LesionFrames, out_dir: Path, *, epoch
         log(f"lesion: {final} is up to date")
         return final
     seed_everything(seed)
-    model = LesionNet(cfg["widths"], cfg["hidden"])
+    dev = training_device()
+    model = LesionNet(cfg["widths"], cfg["hidden"]).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     steps_per_epoch = max(1, len(train) // batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.15)
@@ -340,7 +343,7 @@ def train_lesion(train: LesionFrames, val: LesionFrames, out_dir: Path, *, epoch
             start = int(ck["epoch"])
             log(f"lesion: resuming after epoch {start}")
     tr_boxes, va_boxes = true_boxes(train), true_boxes(val)
-    w_echo, w_marg = _class_weight(train.echo, len(ECHOGENICITY)), _class_weight(train.margins, len(MARGINS))
+    w_echo, w_marg = _class_weight(train.echo, len(ECHOGENICITY)).to(dev), _class_weight(train.margins, len(MARGINS)).to(dev)
     va_idx = np.arange(len(val))
     history = []
     for epoch in range(start, epochs):
@@ -351,7 +354,7 @@ def train_lesion(train: LesionFrames, val: LesionFrames, out_dir: Path, *, epoch
         bar = progress(total=steps_per_epoch, desc=f"lesion {epoch + 1}/{epochs}")
         for s in range(steps_per_epoch):
             idx = order[s * batch_size : (s + 1) * batch_size]
-            x, tgt, ye, ym = make_batch(train, tr_boxes, idx, rng)
+            x, tgt, ye, ym = (t.to(dev) for t in make_batch(train, tr_boxes, idx, rng))
             e, m, mlog = model.logits(x)
             loss = _ce(e, ye, w_echo) + _ce(m, ym, w_marg) + mask_loss(mlog, tgt)
             opt.zero_grad()

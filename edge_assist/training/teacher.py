@@ -36,6 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from edge_assist.training.common import model_device, seed_everything, to_device, training_device
 from edge_assist.training.data import ArrayDataset, normalise
 from edge_assist.training.interpreter import (
     FindingHeads,
@@ -182,9 +183,9 @@ def _pick_texts(data: ArrayDataset, idx: np.ndarray, rng: np.random.Generator, o
     return texts, keys
 
 
-def _same_matrix(keys: list[str]) -> torch.Tensor:
+def _same_matrix(keys: list[str], device=None) -> torch.Tensor:
     codes = {k: n for n, k in enumerate(dict.fromkeys(keys))}
-    c = torch.tensor([codes[k] for k in keys])
+    c = torch.tensor([codes[k] for k in keys], device=device)
     return c[:, None] == c[None, :]
 
 
@@ -193,27 +194,28 @@ def _contrastive(model: Teacher, tok: ByteTokenizer, img_emb: torch.Tensor, text
     if len(has) < 2:
         return None, None
     ids, mask = tok.batch([texts[i] for i in has])
-    txt = model.text(ids, mask)
+    txt = model.text(ids.to(img_emb.device), mask.to(img_emb.device))
     sel = img_emb[has]
-    same = _same_matrix([keys[i] for i in has])
+    same = _same_matrix([keys[i] for i in has], img_emb.device)
     loss = info_nce(sel, txt, model.scale(), same)
     with torch.no_grad():
-        hit = same[torch.arange(len(has)), (sel @ txt.t()).argmax(1)].float().mean()
+        hit = same[torch.arange(len(has), device=same.device), (sel @ txt.t()).argmax(1)].float().mean()
     return loss, float(hit)
 
 
 @torch.no_grad()
 def _validate(model: Teacher, tok: ByteTokenizer, data: ArrayDataset, idx: np.ndarray, batch_size: int, seed: int) -> dict:
     model.eval()
+    dev = model_device(model)
     rng = np.random.default_rng([seed, 999])  # the same language draw every epoch
     con, hits, fl, n_con, n = 0.0, 0.0, 0.0, 0, 0
     outs = []
     for s in range(0, len(idx), batch_size):
         b = idx[s : s + batch_size]
-        x = torch.from_numpy(normalise(data.images[b]))
+        x = torch.from_numpy(normalise(data.images[b])).to(dev)
         emb, o = model.image(x)
-        outs.append([t.numpy() for t in o])
-        f, _ = findings_loss(o, batch_targets(data, b))
+        outs.append([t.cpu().numpy() for t in o])
+        f, _ = findings_loss(o, to_device(batch_targets(data, b), dev))
         fl += float(f) * len(b)
         n += len(b)
         texts, keys = _pick_texts(data, b, rng)
@@ -270,8 +272,9 @@ def train_teacher(train: ArrayDataset, val: ArrayDataset, out_dir: Path, *, epoc
     va_idx = select_frames(val, min_quality)
     if len(tr_idx) < 2:
         raise ValueError(f"train_teacher: only {len(tr_idx)} training frames with quality >= {label_min_quality}; need more data")
-    torch.manual_seed(seed)
-    model = Teacher(**cfg)
+    seed_everything(seed)
+    dev = training_device()
+    model = Teacher(**cfg).to(dev)
     tok = ByteTokenizer(cfg["max_len"])
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     start, history = 0, []
@@ -287,7 +290,7 @@ def train_teacher(train: ArrayDataset, val: ArrayDataset, out_dir: Path, *, epoc
             _log(progress, f"teacher: {path} already has {start} epochs (asked for {epochs}); nothing to do")
             return path
         _log(progress, f"teacher: resuming {path} after epoch {start}")
-    cw = class_weights(train, tr_idx)
+    cw = to_device(class_weights(train, tr_idx), dev)
     steps_per_epoch = max(1, len(tr_idx) // batch_size)
     total = steps_per_epoch * epochs
     warmup = min(200, max(1, total // 10))
@@ -312,8 +315,8 @@ def train_teacher(train: ArrayDataset, val: ArrayDataset, out_dir: Path, *, epoc
                 g["lr"] = lr_at(step, total, lr, warmup)
             fi = tr_idx[b]
             x, _ = augment(train.images[fi], rng)
-            emb, outs = model.image(x)
-            f_loss, _ = findings_loss(outs, batch_targets(train, fi), cw)
+            emb, outs = model.image(x.to(dev))
+            f_loss, _ = findings_loss(outs, to_device(batch_targets(train, fi), dev), cw)
             texts, keys = _pick_texts(train, fi, rng, report_ok)
             c_loss, hit = _contrastive(model, tok, emb, texts, keys)
             loss = f_loss if c_loss is None else f_loss + contrastive_weight * c_loss
@@ -330,7 +333,7 @@ def train_teacher(train: ArrayDataset, val: ArrayDataset, out_dir: Path, *, epoc
         bar.close()
         v = _validate(model, tok, val, va_idx, batch_size, seed)
         rec = {"epoch": epoch + 1, **{f"train_{k}": s / max(nb, 1) for k, s in sums.items()}, **v,
-               "logit_scale": float(model.scale()), "seconds": time.perf_counter() - t0}
+               "logit_scale": float(model.scale().detach()), "seconds": time.perf_counter() - t0}
         history.append(rec)
         save_atomic({"kind": CKPT_KIND, "version": CKPT_VERSION, "arch": cfg, "tokenizer": tok.config(),
                      "model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1, "epochs": epochs,
@@ -358,11 +361,12 @@ def load_teacher(ckpt: Path) -> tuple[Teacher, ByteTokenizer]:
 def teacher_targets(model: Teacher, images_u8: np.ndarray, batch_size: int = 256) -> dict[str, np.ndarray]:
     """The teacher's embedding and six outputs for uint8 frames (no augmentation)."""
     model.eval()
+    dev = model_device(model)
     embs, outs = [], []
     for s in range(0, len(images_u8), batch_size):
-        e, o = model.image(torch.from_numpy(normalise(np.ascontiguousarray(images_u8[s : s + batch_size]))))
-        embs.append(e.numpy())
-        outs.append([t.numpy() for t in o])
+        e, o = model.image(torch.from_numpy(normalise(np.ascontiguousarray(images_u8[s : s + batch_size]))).to(dev))
+        embs.append(e.cpu().numpy())
+        outs.append([t.cpu().numpy() for t in o])
     res = {"embedding": np.concatenate(embs)}
     for i, name in enumerate(INTERPRETER_OUTPUTS):
         res[name] = np.concatenate([o[i] for o in outs])

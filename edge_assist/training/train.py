@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from edge_assist.training.common import (
-    DEFAULT_SEED, TrainingError, auroc, log, macro_f1_multilabel, progress, seed_everything, set_torch_threads, spearman,
-    torch_load, torch_save,
+    DEFAULT_SEED, TrainingError, auroc, log, macro_f1_multilabel, model_device, progress, seed_everything, set_torch_threads,
+    spearman, torch_load, torch_save,
 )
 from edge_assist.training.data import MEAN, STD, ArrayDataset
 from edge_assist.training.ddp import DistContext, unwrap
@@ -114,10 +114,12 @@ def _batch(ds: ArrayDataset, idx: np.ndarray, extras: dict[str, np.ndarray], dev
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images_u8: np.ndarray, batch_size: int = 256, device="cpu", actions: np.ndarray | None = None):
+def predict(model: nn.Module, images_u8: np.ndarray, batch_size: int = 256, actions: np.ndarray | None = None):
     """Raw model outputs over a whole array, in eval mode (tuple of numpy
-    arrays). actions: previous-move one-hots (N, A) for guidance with memory."""
+    arrays), on the device the model is on. actions: previous-move one-hots
+    (N, A) for guidance with memory."""
     model.eval()
+    device = model_device(model)
     outs: list[list[np.ndarray]] = []
     for i in range(0, len(images_u8), batch_size):
         x = to_tensor(images_u8[i : i + batch_size]).to(device)
