@@ -384,3 +384,21 @@ def test_training_device_follows_edge_assist_device(monkeypatch):
         monkeypatch.setenv("EDGE_ASSIST_DEVICE", "cuda")
         with pytest.raises(TrainingError, match="no CUDA GPU"):
             training_device()
+
+
+def test_centre_depth_labels_ask_for_the_depth_inside_its_tolerance():
+    from edge_assist.sim.patient import VirtualPatient
+    from edge_assist.training.common import expert_action
+
+    vp = VirtualPatient("liver", 3)
+    vp.reset_to_target()
+    _, truth = vp.render()
+    assert expert_action(vp, truth, centre_depth=True) == expert_action(vp, truth) == "hold"
+    vp.move("depth_up")  # one step: within the depth tolerance, still the target view
+    _, truth = vp.render()
+    assert truth["at_target"] and expert_action(vp, truth) == "hold"
+    back = expert_action(vp, truth, centre_depth=True)
+    assert back in ("depth_up", "depth_down") and back != "depth_up"
+    vp.move(back)
+    _, truth = vp.render()
+    assert truth["pose_error"]["depth_mm"] == 0 and expert_action(vp, truth, centre_depth=True) == "hold"

@@ -219,18 +219,27 @@ def sim_region(truth: dict, image_shape: tuple[int, int]):
     return region
 
 
-def expert_action(vp, truth: dict, threshold: float | None = None) -> str:
+def expert_action(vp, truth: dict, threshold: float | None = None, centre_depth: bool = False) -> str:
     """The simulator's optimal action, refined where it stops short: inside
     every tolerance ('hold', at target) while the truth quality is still
     below the threshold (a rib shadow, gain and depth each a little off), it
     takes the step that most reduces the largest remaining error instead.
     Following this expert reaches a diagnostic view from every random start
-    tried; the plain policy then holds on a poor view in ~10 % of them."""
+    tried; the plain policy then holds on a poor view in ~10 % of them.
+
+    centre_depth: once the gain is within tolerance, set the display depth to
+    the target's (within half a step) before any other move or hold, not only
+    within its tolerance: one step inside tolerance looks much like two steps,
+    which is outside, so the labels then ask for the same move at both."""
     from edge_assist.sim.patient import ACTION_EFFECT, ERROR_NAMES, STEP
     from edge_assist.vocab import QUALITY_THRESHOLD
 
     thr = QUALITY_THRESHOLD if threshold is None else threshold
     action = vp.optimal_action()
+    if centre_depth and (action != "hold" or truth.get("at_target")) and (ACTION_EFFECT[action] or ("",))[0] not in ("depth", "gain"):
+        e = float(truth["pose_error"][ERROR_NAMES["depth"]])
+        if abs(e) > 0.5 * STEP["depth"]:
+            return next(a for a, eff in ACTION_EFFECT.items() if eff == ("depth", -1 if e > 0 else +1))
     if action != "hold" or not truth.get("at_target") or truth["quality"] >= thr:
         return action
     pe, best = truth["pose_error"], None

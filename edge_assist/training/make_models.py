@@ -60,6 +60,10 @@ class Plan:
     # wrong depth). 0.25 was tried on 2026-11-30: depth two steps off read better, the closed loop no
     # better (held-out 63.8 vs 64.8 %) and abstention below target; off (docs/TRAINING.md).
     depth_start_share: float = 0.0
+    # Label the depth move until the display depth is the target's, not only within tolerance
+    # (common.expert_action centre_depth). Tried 2026-11-30: closed loop 64.8 -> 73.3 %, but the
+    # retrained quality head's gate abstained on 98.96 % of poor frames (< 99 %); off (docs/TRAINING.md).
+    centre_depth: bool = False
     dagger_beta: float = 0.3  # later rounds: probability the expert's move is executed instead of the policy's
     max_moves: int = 40
     quality_epochs: int = 6
@@ -235,7 +239,7 @@ def _rollout_job(job) -> list[dict]:
     operator reaches by following the hints."""
     from edge_assist.sim.patient import VirtualPatient
 
-    presets, seeds, episodes, rng_seed, policy_path, beta, eps, max_moves, depth_share = job
+    presets, seeds, episodes, rng_seed, policy_path, beta, eps, max_moves, depth_share, centre_depth = job
     rng = np.random.default_rng(rng_seed)
     policy = OnnxPolicy(policy_path) if policy_path else None
     pre = Preprocessor(size=INPUT_SIZE, mean=MEAN, std=STD)
@@ -256,7 +260,7 @@ def _rollout_job(job) -> list[dict]:
                 for step in range(max_moves + 1):
                     image, truth = vp.render()
                     prep = pre(Frame(image, step, 0, region=vp.region))  # what the live sim source attaches
-                    label = expert_action(vp, truth)
+                    label = expert_action(vp, truth, centre_depth=centre_depth)
                     row = row_from(prep, truth, label)
                     row["meta"].update(episode=episode, step=step, executed=None)
                     rows.append(row)
@@ -336,17 +340,19 @@ def sim_frames(seeds, frames_per_seed: int, rng_seed: int, data_dir: Path, *, pr
 
 def rollouts(seeds, episodes: int, rng_seed: int, data_dir: Path, *, policy_path: Path | None = None, beta: float = 0.3,
              eps: float = 0.25, max_moves: int = 45, presets=EXAM_PRESETS, workers: int = 2, name: str = "rollouts",
-             depth_share: float = 0.0) -> ArrayDataset:
+             depth_share: float = 0.0, centre_depth: bool = False) -> ArrayDataset:
     seeds = list(seeds)
     pol_hash = hashlib.sha1(Path(policy_path).read_bytes()).hexdigest()[:10] if policy_path else None
     key = {"kind": "rollouts", "memory": 1, "presets": list(presets), "seeds": [seeds[0], seeds[-1], len(seeds)], "episodes": episodes,
            "rng": rng_seed, "policy": pol_hash, "beta": beta, "eps": eps, "max_moves": max_moves}
     if depth_share:
         key["depth_starts"] = depth_share
+    if centre_depth:
+        key["centre_depth"] = True
 
     def build():
         jobs = [(tuple(presets), c, episodes, rng_seed * 100_003 + c[0], str(policy_path) if policy_path else None, beta, eps, max_moves,
-                 depth_share) for c in _chunks(seeds, 4)]
+                 depth_share, centre_depth) for c in _chunks(seeds, 4)]
         return rows_to_dataset(_run_jobs(_rollout_job, jobs, workers, f"roll out {name}"))
 
     return _cached(name, key, data_dir, build)
@@ -513,7 +519,8 @@ def train_guidance_dagger(roll_tr: ArrayDataset, frames_tr: ArrayDataset, roll_v
         policy = export_onnx(export_module("guidance", model), work / f"guidance-r{r - 1}.onnx", in_ch=int(model.cfg.in_ch),
                              output_names=OUTPUT_NAMES["guidance"], head="guidance", action_in=int(getattr(model.cfg, "action_in", 0)))
         roll_r = rollouts(tr_seeds, plan.dagger_episodes, seed + 10 + r, data_dir, policy_path=policy, beta=plan.dagger_beta,
-                          max_moves=plan.max_moves, workers=workers, name=f"rollouts{r}-train", depth_share=plan.depth_start_share)
+                          max_moves=plan.max_moves, workers=workers, name=f"rollouts{r}-train", depth_share=plan.depth_start_share,
+                          centre_depth=plan.centre_depth)
         g_train = concat(g_train, roll_r)
         g_ckpt = fit(g_train, work / f"guidance-r{r}", plan.dagger_epochs, init=g_ckpt)
     return g_ckpt, len(g_train)
@@ -558,9 +565,9 @@ def train_all(out: Path, *, plan: Plan = PLANS["full"], work: Path = Path("data/
     if ex_seeds:
         frames_itr = concat(frames_tr, sim_frames(ex_seeds, plan.frames_per_seed, seed, data_dir, workers=workers, name="frames-train"))
     roll_tr = rollouts(tr_seeds, plan.rollout_episodes, seed + 2, data_dir, eps=plan.rollout_eps, max_moves=plan.max_moves,
-                       workers=workers, name="rollouts0-train", depth_share=plan.depth_start_share)
+                       workers=workers, name="rollouts0-train", depth_share=plan.depth_start_share, centre_depth=plan.centre_depth)
     roll_va = rollouts(va_seeds, plan.rollout_episodes, seed + 3, data_dir, eps=plan.rollout_eps, max_moves=plan.max_moves,
-                       workers=workers, name="rollouts0-val", depth_share=plan.depth_start_share)
+                       workers=workers, name="rollouts0-val", depth_share=plan.depth_start_share, centre_depth=plan.centre_depth)
     stage("data", t0)
 
     t0 = time.perf_counter()
