@@ -239,7 +239,7 @@ def expert_action(vp, truth: dict, threshold: float | None = None, centre_depth:
     if centre_depth and (action != "hold" or truth.get("at_target")) and (ACTION_EFFECT[action] or ("",))[0] not in ("depth", "gain"):
         e = float(truth["pose_error"][ERROR_NAMES["depth"]])
         if abs(e) > 0.5 * STEP["depth"]:
-            return next(a for a, eff in ACTION_EFFECT.items() if eff == ("depth", -1 if e > 0 else +1))
+            return _move_reducing("depth", e) or action
     if action != "hold" or not truth.get("at_target") or truth["quality"] >= thr:
         return action
     pe, best = truth["pose_error"], None
@@ -250,7 +250,11 @@ def expert_action(vp, truth: dict, threshold: float | None = None, centre_depth:
             best = (r, k, e)
     if best is None:
         return action
-    for a, eff in ACTION_EFFECT.items():
-        if eff == (best[1], -1 if best[2] > 0 else +1):
-            return a
-    return action
+    return _move_reducing(best[1], best[2]) or action
+
+
+def _move_reducing(component: str, error: float) -> str | None:
+    """The move that steps `component` towards zero error."""
+    from edge_assist.sim.patient import ACTION_EFFECT
+
+    return next((a for a, eff in ACTION_EFFECT.items() if eff == (component, -1 if error > 0 else +1)), None)
