@@ -320,6 +320,12 @@ def test_train_all_tiny_end_to_end(tmp_path):
     assert set(manifest.heads) == {"quality", "guidance", "interpreter", "lesion"}  # lesion: the second look
     raw = json.loads((out / "manifest.json").read_text())
     assert raw["heads"]["interpreter"]["decode"]["quality_threshold"] >= 0.5
+    # the gate is fitted on the validation frames and on more validation patients' (Plan.gate_extra_val_seeds)
+    assert raw["heads"]["interpreter"]["abstention_gate"]["n_val"] == (1 + 1) * 3 * 4
+    # the quality head trains after the guidance head, on its DAgger trajectories too (Plan.quality_on_dagger)
+    q_data = torch.load(tmp_path / "run" / "quality" / "quality.pt", weights_only=False)["data"]
+    g_data = torch.load(tmp_path / "run" / "guidance-r1" / "guidance.pt", weights_only=False)["data"]
+    assert q_data["n_train"] == g_data["n_train"]
     # the teacher and the student train on more patients than the other heads
     assert "of 3 patients per preset" in raw["data"]["interpreter_frames"]
     assert "int8" in raw and set(raw["int8"]["heads"]) == {"quality", "guidance", "interpreter"}
