@@ -571,6 +571,11 @@ def train_all(out: Path, *, plan: Plan = PLANS["full"], work: Path = Path("data/
     frames_itr = frames_tr
     if ex_seeds:
         frames_itr = concat(frames_tr, sim_frames(ex_seeds, plan.frames_per_seed, seed, data_dir, workers=workers, name="frames-train"))
+    # the abstention gate's: the validation frames and more validation patients' (rendered here, with the rest of the data)
+    gate_seeds = list(VAL_SEEDS)[plan.val_seeds : plan.val_seeds + plan.gate_extra_val_seeds]
+    gate_frames = frames_va
+    if gate_seeds:
+        gate_frames = concat(frames_va, sim_frames(gate_seeds, plan.frames_per_seed, seed + 1, data_dir, workers=workers, name="frames-val"))
     roll_tr = rollouts(tr_seeds, plan.rollout_episodes, seed + 2, data_dir, eps=plan.rollout_eps, max_moves=plan.max_moves,
                        workers=workers, name="rollouts0-train", depth_share=plan.depth_start_share, centre_depth=plan.centre_depth)
     roll_va = rollouts(va_seeds, plan.rollout_episodes, seed + 3, data_dir, eps=plan.rollout_eps, max_moves=plan.max_moves,
@@ -628,10 +633,6 @@ def train_all(out: Path, *, plan: Plan = PLANS["full"], work: Path = Path("data/
     ckpts = {"quality": q_ckpt, "guidance": g_ckpt, "interpreter": i_ckpt} | ({"lesion": l_ckpt} if l_ckpt else {})
     export_all(ckpts, out, frames_u8=frames_va.images, extra={"data": data_info},
                crops_u8=true_box_crops(les_va) if l_ckpt else None)
-    gate_frames = frames_va
-    if plan.gate_extra_val_seeds:
-        gate_seeds = list(VAL_SEEDS)[plan.val_seeds : plan.val_seeds + plan.gate_extra_val_seeds]
-        gate_frames = concat(frames_va, sim_frames(gate_seeds, plan.frames_per_seed, seed + 1, data_dir, workers=workers, name="frames-val"))
     gate = fit_quality_gate(out / "quality.onnx", gate_frames)
     raw = read_manifest_json(out)
     raw["heads"]["interpreter"]["decode"]["quality_threshold"] = gate["gate"]
