@@ -4,12 +4,13 @@ Raw per-frame outputs flicker; arrows that change every frame are worse than
 none. Scores are smoothed with an exponential moving average; a reason flag
 turns on above `on` and off only below `off`; the shown action changes only
 when another action has led by `margin` for `min_frames` frames in a row, and
-never straight to its own reverse (no_straight_reversal).
+never to a move that leads back where the last moves have been (no_revisit).
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass
 
 from edge_assist.frames import GuidanceResult, Hints, InterpreterResult, QualityResult
@@ -33,23 +34,68 @@ def hold_only_when_due(g: GuidanceResult, q: QualityResult, threshold: float = G
     return GuidanceResult(best, probs[best], probs)
 
 
-def detour_move(probs: dict[str, float], previous: str) -> str | None:
-    """The move to show instead of undoing `previous`: the head's best move
-    that neither reverses it nor repeats it (None when it offers no other)."""
-    banned = (previous, REVERSE_ACTION.get(previous))
-    return max((a for a, p in probs.items() if a not in banned and p > 0.0), key=probs.get, default=None)
+# Moves along one axis: each move and its reverse (vocab.REVERSE_ACTION).
+_AXIS: dict[str, tuple[int, int]] = {}
+for _a, _r in REVERSE_ACTION.items():
+    if _a not in _AXIS:
+        _AXIS[_a], _AXIS[_r] = (len(_AXIS) // 2, +1), (len(_AXIS) // 2, -1)
+REVISIT_MOVES = 8  # MoveTrail: a move may not lead back to where the last this-many moves have been
 
 
-def no_straight_reversal(g: GuidanceResult, previous: str | None) -> GuidanceResult:
-    """The guidance head often answers its own move with the reverse move
-    and the two alternate: in the closed loop most failures were such
-    two-move cycles (docs/TRAINING.md). A move is therefore not followed
-    straight by its reverse: the best other move comes first, and the reverse
-    may follow that. For the closed loop (one move per frame); the smoother
-    applies the same rule over time."""
-    if previous is None or g.action != REVERSE_ACTION.get(previous) or not g.probs:
+class MoveTrail:
+    """Where the moves made so far have taken the probe, counted in steps
+    along each move's axis (slide, rotate, fan, rock, depth, gain), and
+    where it was over the last `horizon` moves. Cycles in the closed loop
+    were mostly a move and its reverse, then, once those were kept apart,
+    four moves round a square (A, B, reverse A, reverse B): docs/TRAINING.md.
+    The count is the operator's, not the probe's pose (a slide after a
+    rotation is not the same slide), which is all the hints know."""
+
+    def __init__(self, horizon: int = REVISIT_MOVES):
+        self.horizon = max(1, int(horizon))
+        self.reset()
+
+    def reset(self) -> None:
+        self._at = (0,) * (len(_AXIS) // 2)
+        self._recent = deque([self._at], maxlen=self.horizon + 1)
+
+    def after(self, action: str) -> tuple[int, ...]:
+        axis = _AXIS.get(action)
+        if axis is None:  # hold
+            return self._at
+        at = list(self._at)
+        at[axis[0]] += axis[1]
+        return tuple(at)
+
+    def revisits(self, action: str) -> bool:
+        """The move would bring the probe back to a place of the last moves (hold never does)."""
+        return action in _AXIS and self.after(action) in self._recent
+
+    def step(self, action: str) -> None:
+        if action in _AXIS:
+            self._at = self.after(action)
+            self._recent.append(self._at)
+
+
+def detour_move(probs: dict[str, float], trail: MoveTrail, barred: str | None = None) -> str | None:
+    """The move to show instead of one that leads back where the probe has
+    just been: the head's best move that does not (and is not `barred`);
+    None when it offers no other."""
+    return max((a for a, p in probs.items() if a != barred and p > 0.0 and not trail.revisits(a)), key=probs.get, default=None)
+
+
+def no_revisit(g: GuidanceResult, trail: MoveTrail) -> GuidanceResult:
+    """The guidance head often answers its own move with the reverse move,
+    or walks round a square of four, and the operator goes round with it:
+    in the closed loop most failures were such cycles (docs/TRAINING.md).
+    A move that would lead back to where the last moves have been is
+    therefore replaced by the head's best move that does not (hold is never
+    replaced). For the closed loop (one move per frame; the caller steps the
+    trail with the move made); the smoother applies the same rule over
+    time."""
+    if not g.probs or not trail.revisits(g.action):
         return g
-    detour = detour_move(g.probs, previous)
+    detour = detour_move(g.probs, trail)
     if detour is None:
         return g
     return GuidanceResult(detour, g.probs[detour], g.probs)
@@ -62,11 +108,13 @@ class SmoothingConfig:
     reason_off: float = 0.4
     action_margin: float = 0.10
     action_min_frames: int = 3
-    # When the shown move would give way to its reverse, the best other move
-    # is shown instead, and the reverse is kept out for this long: long
+    # When the shown move would give way to one leading back where the last
+    # moves have been (its reverse, or round a square), the best other move
+    # is shown instead, and the barred one is kept out for this long: long
     # enough for the operator to make that move (evaluate.closed_loop(paced):
     # 1 s helps an operator making one move every 0.5 s or 1 s alike).
     reversal_detour_s: float = 1.0
+    revisit_moves: int = REVISIT_MOVES  # MoveTrail horizon, in shown moves
 
 
 class HintSmoother:
@@ -82,8 +130,10 @@ class HintSmoother:
         self._action: str | None = None
         self._challenger: str | None = None
         self._challenger_frames = 0
-        self._barred: str | None = None  # a reverse kept out until _barred_until_ns
+        self._barred: str | None = None  # a move kept out until _barred_until_ns
         self._barred_until_ns = 0
+        # The moves shown, each taken as one step the operator made.
+        self._trail = MoveTrail(self.cfg.revisit_moves)
 
     def _ema(self, old: float | None, new: float) -> float:
         return new if old is None else old + self.cfg.alpha * (new - old)
@@ -110,6 +160,7 @@ class HintSmoother:
         best = max((a for a in self._action_p if a != self._barred), key=self._action_p.get)
         if self._action is None:
             self._action = best
+            self._trail.step(best)
         elif best != self._action:
             lead = self._action_p[best] - self._action_p.get(self._action, 0.0)
             if best == self._challenger:
@@ -118,12 +169,13 @@ class HintSmoother:
                 self._challenger, self._challenger_frames = best, 1
             if lead >= self.cfg.action_margin and self._challenger_frames >= self.cfg.action_min_frames:
                 new = best
-                if best == REVERSE_ACTION.get(self._action):
-                    detour = detour_move(self._action_p, self._action)
+                if self._trail.revisits(best):
+                    detour = detour_move(self._action_p, self._trail, barred=self._action)
                     if detour is not None:
                         new = detour
                         self._barred, self._barred_until_ns = best, t_ns + int(self.cfg.reversal_detour_s * 1e9)
                 self._action, self._challenger, self._challenger_frames = new, None, 0
+                self._trail.step(new)
         else:
             self._challenger, self._challenger_frames = None, 0
         return GuidanceResult(self._action, self._action_p[self._action], dict(self._action_p))

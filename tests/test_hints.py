@@ -1,6 +1,6 @@
 from edge_assist.frames import GuidanceResult, QualityResult
-from edge_assist.hints import (HintSmoother, SmoothingConfig, detour_move, guidance_text, hold_only_when_due,
-                               no_straight_reversal, quality_text)
+from edge_assist.hints import (HintSmoother, MoveTrail, SmoothingConfig, detour_move, guidance_text, hold_only_when_due,
+                               no_revisit, quality_text)
 from edge_assist.vocab import ACTIONS, REVERSE_ACTION
 
 
@@ -67,19 +67,40 @@ def test_every_move_has_one_reverse():
     assert REVERSE_ACTION["slide_left"] == "slide_right" and REVERSE_ACTION["fan_toward"] == "fan_away"
 
 
+def trail_of(*moves, horizon=8):
+    t = MoveTrail(horizon)
+    for m in moves:
+        t.step(m)
+    return t
+
+
 def test_a_move_is_not_undone_straight_away():
     p = probs(slide_right=0.6, slide_left=0.2, rotate_cw=0.15, hold=0.05)
     back = GuidanceResult("slide_right", 0.6, p)
-    shown = no_straight_reversal(back, "slide_left")
-    assert shown.action == "rotate_cw" and shown.confidence == 0.15  # neither undo nor repeat
-    assert no_straight_reversal(back, "slide_right") is back  # repeating a move is fine
-    assert no_straight_reversal(back, "fan_away") is back  # the reverse of another move is fine
-    assert no_straight_reversal(back, None) is back  # first move
-    assert no_straight_reversal(back, "hold") is back
+    shown = no_revisit(back, trail_of("slide_left"))
+    assert shown.action == "slide_left" and shown.confidence == 0.2  # the best move that does not lead back
+    assert no_revisit(back, trail_of("slide_right")) is back  # repeating a move is fine
+    assert no_revisit(back, trail_of("fan_away")) is back  # the reverse of another move is fine
+    assert no_revisit(back, trail_of()) is back  # first move
+    assert no_revisit(back, trail_of("hold")) is back
     # a head that offers nothing else keeps its move
-    only = GuidanceResult("slide_right", 0.9, {"slide_right": 0.9, "slide_left": 0.1})
-    assert no_straight_reversal(only, "slide_left") is only
-    assert detour_move({"slide_right": 0.9, "slide_left": 0.1}, "slide_left") is None
+    only = GuidanceResult("slide_right", 0.9, {"slide_right": 0.9, "slide_left": 0.0})
+    assert no_revisit(only, trail_of("slide_left")) is only
+    assert detour_move({"slide_right": 0.9, "slide_left": 0.1}, trail_of("slide_left"), barred="slide_left") is None
+
+
+def test_no_walking_round_a_square():
+    # A, B, reverse A: the reverse of B would close the square
+    trail = trail_of("slide_head", "slide_right", "slide_feet")
+    g = GuidanceResult("slide_left", 0.5, probs(slide_left=0.5, slide_feet=0.3, fan_away=0.2))
+    assert trail.revisits("slide_left") and not trail.revisits("fan_away")
+    assert no_revisit(g, trail).action == "slide_feet"  # further along, not back to the start
+    hold = GuidanceResult("hold", 0.9, probs(hold=0.9, slide_left=0.1))
+    assert no_revisit(hold, trail) is hold  # holding never revisits
+    # places older than the horizon may be visited again
+    far = trail_of("slide_head", "slide_right", "slide_feet", horizon=2)
+    assert not far.revisits("slide_left")
+    assert far.revisits("slide_head")
 
 
 def test_smoother_detours_before_showing_a_reverse():
@@ -110,3 +131,19 @@ def test_smoother_switches_to_an_unrelated_move_directly():
         s.guidance(GuidanceResult("slide_left", 0.8, probs(slide_left=0.8, rotate_cw=0.2)), i)
     shown = [s.guidance(GuidanceResult("rotate_cw", 0.8, probs(rotate_cw=0.8, slide_left=0.2)), 10 + i).action for i in range(5)]
     assert shown == ["slide_left", "slide_left", "rotate_cw", "rotate_cw", "rotate_cw"]
+
+
+def test_smoother_does_not_lead_round_a_square():
+    s = HintSmoother(SmoothingConfig(alpha=1.0, action_min_frames=3, reversal_detour_s=0.5))
+    t = 0
+    for move in ("slide_head", "slide_right", "slide_feet"):
+        for _ in range(6):
+            t += 16_000_000
+            shown = s.guidance(GuidanceResult(move, 0.8, probs(**{move: 0.8, "fan_away": 0.2})), t).action
+        assert shown == move
+    closing = GuidanceResult("slide_left", 0.7, probs(slide_left=0.7, fan_away=0.2, slide_feet=0.1))
+    seen = []
+    for _ in range(10):
+        t += 16_000_000
+        seen.append(s.guidance(closing, t).action)
+    assert "slide_left" not in seen and seen[-1] == "fan_away"  # the square is not closed

@@ -408,3 +408,23 @@ def test_centre_depth_labels_ask_for_the_depth_inside_its_tolerance():
     vp.move(back)
     _, truth = vp.render()
     assert truth["pose_error"]["depth_mm"] == 0 and expert_action(vp, truth, centre_depth=True) == "hold"
+
+
+def test_centre_view_labels_move_inside_the_target_view_until_near_its_centre():
+    from edge_assist.sim.patient import VirtualPatient
+    from edge_assist.training.common import expert_action
+
+    vp = VirtualPatient("liver", 3)
+    vp.reset_to_target()
+    vp.set_pose_error(w=0.9 * vp.tol["w"])  # inside the target view, near its edge
+    _, truth = vp.render()
+    assert truth["at_target"] and truth["view_offset"] > 0.5
+    assert expert_action(vp, truth) == "hold"  # the simulator holds anywhere in the target view
+    step = expert_action(vp, truth, centre_view=0.5)
+    assert step == "slide_feet"  # w is positive: the slide that reduces it
+    vp.move(step)
+    _, truth = vp.render()
+    assert truth["view_offset"] <= 0.5 and expert_action(vp, truth, centre_view=0.5) == "hold"
+    vp.reset_to_target()
+    _, truth = vp.render()
+    assert expert_action(vp, truth, centre_view=0.0) == "hold"  # no step brings any component closer

@@ -219,7 +219,8 @@ def sim_region(truth: dict, image_shape: tuple[int, int]):
     return region
 
 
-def expert_action(vp, truth: dict, threshold: float | None = None, centre_depth: bool = False) -> str:
+def expert_action(vp, truth: dict, threshold: float | None = None, centre_depth: bool = False,
+                  centre_view: float | None = None) -> str:
     """The simulator's optimal action, refined where it stops short: inside
     every tolerance ('hold', at target) while the truth quality is still
     below the threshold (a rib shadow, gain and depth each a little off), it
@@ -230,7 +231,15 @@ def expert_action(vp, truth: dict, threshold: float | None = None, centre_depth:
     centre_depth: once the gain is within tolerance, set the display depth to
     the target's (within half a step) before any other move or hold, not only
     within its tolerance: one step inside tolerance looks much like two steps,
-    which is outside, so the labels then ask for the same move at both."""
+    which is outside, so the labels then ask for the same move at both.
+
+    centre_view: at the target view (the simulator holds: view offset <= 1,
+    settings within tolerance) the label is still a move while the view
+    offset exceeds this: a step of the pose component furthest off (in
+    units of its tolerance) of those a step brings closer. The reason is
+    the depth's: a view just inside the target view's edge looks like one
+    just outside it, where the hints must not say hold (a hold there ends
+    the search one step short)."""
     from edge_assist.sim.patient import ACTION_EFFECT, ERROR_NAMES, STEP
     from edge_assist.vocab import QUALITY_THRESHOLD
 
@@ -240,6 +249,11 @@ def expert_action(vp, truth: dict, threshold: float | None = None, centre_depth:
         e = float(truth["pose_error"][ERROR_NAMES["depth"]])
         if abs(e) > 0.5 * STEP["depth"]:
             return _move_reducing("depth", e) or action
+    if (centre_view is not None and action == "hold" and truth.get("at_target")
+            and float(truth.get("view_offset", 0.0)) > centre_view):
+        step = _centring_step(vp, truth)
+        if step is not None:
+            return step
     if action != "hold" or not truth.get("at_target") or truth["quality"] >= thr:
         return action
     pe, best = truth["pose_error"], None
@@ -251,6 +265,22 @@ def expert_action(vp, truth: dict, threshold: float | None = None, centre_depth:
     if best is None:
         return action
     return _move_reducing(best[1], best[2]) or action
+
+
+def _centring_step(vp, truth: dict) -> str | None:
+    """Of the view's pose components that a step brings closer to the
+    target (more than half a step off), the move for the one furthest off in
+    units of its tolerance; None when there is none (as near as the steps
+    reach)."""
+    from edge_assist.sim.patient import ERROR_KEYS, ERROR_NAMES, STEP
+
+    pe = truth["pose_error"]
+    errors = {k: float(pe[ERROR_NAMES[k]]) for k in ERROR_KEYS}
+    movable = [k for k in ERROR_KEYS if abs(errors[k]) > 0.5 * STEP[k]]
+    if not movable:
+        return None
+    k = max(movable, key=lambda c: abs(errors[c]) / vp.tol[c])
+    return _move_reducing(k, errors[k])
 
 
 def _move_reducing(component: str, error: float) -> str | None:

@@ -32,7 +32,7 @@ import numpy as np
 from edge_assist.frames import Frame
 from edge_assist.guidance_memory import GuidanceFeed, memory_inputs
 from edge_assist.heads import HeadSet, lesion_decided
-from edge_assist.hints import HintSmoother, SmoothingConfig, hold_only_when_due, no_straight_reversal
+from edge_assist.hints import HintSmoother, MoveTrail, SmoothingConfig, hold_only_when_due, no_revisit
 from edge_assist.lesion_measure import lesion_size_frac
 from edge_assist.manifest import load_manifest
 from edge_assist.preprocess import Preprocessor
@@ -261,11 +261,11 @@ def closed_loop(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, max_moves: int =
     """A simulated operator follows the guidance from a random start, one
     move per frame: the head's move as the hints show it, with 'hold' only
     where the quality head finds the view good or flags lost contact
-    (hints.hold_only_when_due) and never straight after its own reverse
-    (hints.no_straight_reversal); no smoothing across frames.
+    (hints.hold_only_when_due) and never a move that leads back where the
+    last moves have been (hints.no_revisit); no smoothing across frames.
 
     With `paced`, the operator instead reads the hints as the pipeline shows
-    them (hints.HintSmoother: smoothing, hysteresis and the reversal detour
+    them (hints.HintSmoother: smoothing, hysteresis and the no-revisit detour
     over time) on a stream at `paced.fps`, and makes the shown move every
     `paced.move_every_s`. The probe is still between moves, so the view is
     rendered once per move and shown for that many frames.
@@ -289,6 +289,7 @@ def closed_loop(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, max_moves: int =
         pre.reset()
         stacked = GuidanceFeed(g_frames)  # heads without memory: the last frames stacked
         smoother = HintSmoother(paced.smoothing) if paced else None
+        trail = MoveTrail()
         reference, last_move = None, None
         moves, success = 0, False
         while True:
@@ -305,7 +306,8 @@ def closed_loop(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, max_moves: int =
                 guidance = heads.guidance(*stacked.inputs(prep.tensor, moves))
             quality = heads.quality(prep.tensor)
             if smoother is None:
-                action = no_straight_reversal(hold_only_when_due(guidance, quality), last_move).action
+                action = no_revisit(hold_only_when_due(guidance, quality), trail).action
+                trail.step(action)
             else:
                 for _ in range(paced.frames_per_move):
                     shown = smoother.hints(moves, paced.clock_ns(), quality, guidance, None)

@@ -63,6 +63,10 @@ class Plan:
     # Label the depth move until the display depth is the target's, not only within tolerance
     # (common.expert_action centre_depth). With quality_on_dagger, committed 2026-12-01: closed loop 64.8 -> 74.8 % held-out (docs/TRAINING.md).
     centre_depth: bool = True
+    # Label a move, not hold, at the target view while its view offset is above this (common.expert_action
+    # centre_view): the closed loop's commonest failure was a hold just outside the target view
+    # (view offset 1.0-1.25, docs/TRAINING.md). None: hold wherever the simulator does.
+    centre_view: float | None = 0.5
     # Train the quality head after the guidance head, on every guidance trajectory as well (the DAgger
     # rounds' too): the views the policy reaches and holds on while off target (truth quality ~0.3,
     # the round-0 quality head scored them ~0.75, which let the hint say hold) are then in its data.
@@ -245,7 +249,7 @@ def _rollout_job(job) -> list[dict]:
     operator reaches by following the hints."""
     from edge_assist.sim.patient import VirtualPatient
 
-    presets, seeds, episodes, rng_seed, policy_path, beta, eps, max_moves, depth_share, centre_depth = job
+    presets, seeds, episodes, rng_seed, policy_path, beta, eps, max_moves, depth_share, centre_depth, centre_view = job
     rng = np.random.default_rng(rng_seed)
     policy = OnnxPolicy(policy_path) if policy_path else None
     pre = Preprocessor(size=INPUT_SIZE, mean=MEAN, std=STD)
@@ -266,7 +270,7 @@ def _rollout_job(job) -> list[dict]:
                 for step in range(max_moves + 1):
                     image, truth = vp.render()
                     prep = pre(Frame(image, step, 0, region=vp.region))  # what the live sim source attaches
-                    label = expert_action(vp, truth, centre_depth=centre_depth)
+                    label = expert_action(vp, truth, centre_depth=centre_depth, centre_view=centre_view)
                     row = row_from(prep, truth, label)
                     row["meta"].update(episode=episode, step=step, executed=None)
                     rows.append(row)
@@ -346,7 +350,7 @@ def sim_frames(seeds, frames_per_seed: int, rng_seed: int, data_dir: Path, *, pr
 
 def rollouts(seeds, episodes: int, rng_seed: int, data_dir: Path, *, policy_path: Path | None = None, beta: float = 0.3,
              eps: float = 0.25, max_moves: int = 45, presets=EXAM_PRESETS, workers: int = 2, name: str = "rollouts",
-             depth_share: float = 0.0, centre_depth: bool = False) -> ArrayDataset:
+             depth_share: float = 0.0, centre_depth: bool = False, centre_view: float | None = None) -> ArrayDataset:
     seeds = list(seeds)
     pol_hash = hashlib.sha1(Path(policy_path).read_bytes()).hexdigest()[:10] if policy_path else None
     key = {"kind": "rollouts", "memory": 1, "presets": list(presets), "seeds": [seeds[0], seeds[-1], len(seeds)], "episodes": episodes,
@@ -355,10 +359,12 @@ def rollouts(seeds, episodes: int, rng_seed: int, data_dir: Path, *, policy_path
         key["depth_starts"] = depth_share
     if centre_depth:
         key["centre_depth"] = True
+    if centre_view is not None:
+        key["centre_view"] = centre_view
 
     def build():
         jobs = [(tuple(presets), c, episodes, rng_seed * 100_003 + c[0], str(policy_path) if policy_path else None, beta, eps, max_moves,
-                 depth_share, centre_depth) for c in _chunks(seeds, 4)]
+                 depth_share, centre_depth, centre_view) for c in _chunks(seeds, 4)]
         return rows_to_dataset(_run_jobs(_rollout_job, jobs, workers, f"roll out {name}"))
 
     return _cached(name, key, data_dir, build)
@@ -527,7 +533,7 @@ def train_guidance_dagger(roll_tr: ArrayDataset, frames_tr: ArrayDataset, roll_v
                              output_names=OUTPUT_NAMES["guidance"], head="guidance", action_in=int(getattr(model.cfg, "action_in", 0)))
         roll_r = rollouts(tr_seeds, plan.dagger_episodes, seed + 10 + r, data_dir, policy_path=policy, beta=plan.dagger_beta,
                           max_moves=plan.max_moves, workers=workers, name=f"rollouts{r}-train", depth_share=plan.depth_start_share,
-                          centre_depth=plan.centre_depth)
+                          centre_depth=plan.centre_depth, centre_view=plan.centre_view)
         g_train = concat(g_train, roll_r)
         g_ckpt = fit(g_train, work / f"guidance-r{r}", plan.dagger_epochs, init=g_ckpt)
     return g_ckpt, g_train
@@ -577,9 +583,11 @@ def train_all(out: Path, *, plan: Plan = PLANS["full"], work: Path = Path("data/
     if gate_seeds:
         gate_frames = concat(frames_va, sim_frames(gate_seeds, plan.frames_per_seed, seed + 1, data_dir, workers=workers, name="frames-val"))
     roll_tr = rollouts(tr_seeds, plan.rollout_episodes, seed + 2, data_dir, eps=plan.rollout_eps, max_moves=plan.max_moves,
-                       workers=workers, name="rollouts0-train", depth_share=plan.depth_start_share, centre_depth=plan.centre_depth)
+                       workers=workers, name="rollouts0-train", depth_share=plan.depth_start_share,
+                       centre_depth=plan.centre_depth, centre_view=plan.centre_view)
     roll_va = rollouts(va_seeds, plan.rollout_episodes, seed + 3, data_dir, eps=plan.rollout_eps, max_moves=plan.max_moves,
-                       workers=workers, name="rollouts0-val", depth_share=plan.depth_start_share, centre_depth=plan.centre_depth)
+                       workers=workers, name="rollouts0-val", depth_share=plan.depth_start_share,
+                       centre_depth=plan.centre_depth, centre_view=plan.centre_view)
     stage("data", t0)
 
     t0 = time.perf_counter()
