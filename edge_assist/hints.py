@@ -34,11 +34,17 @@ def hold_only_when_due(g: GuidanceResult, q: QualityResult, threshold: float = G
     return GuidanceResult(best, probs[best], probs)
 
 
-# Moves along one axis: each move and its reverse (vocab.REVERSE_ACTION).
-_AXIS: dict[str, tuple[int, int]] = {}
-for _a, _r in REVERSE_ACTION.items():
-    if _a not in _AXIS:
-        _AXIS[_a], _AXIS[_r] = (len(_AXIS) // 2, +1), (len(_AXIS) // 2, -1)
+def _move_axes() -> dict[str, tuple[int, int]]:
+    """(axis, +1 or -1) of every move: a move and its reverse (vocab.REVERSE_ACTION) share an axis."""
+    axes: dict[str, tuple[int, int]] = {}
+    for move, reverse in REVERSE_ACTION.items():
+        if move not in axes:
+            k = len(axes) // 2
+            axes[move], axes[reverse] = (k, +1), (k, -1)
+    return axes
+
+
+_AXIS = _move_axes()
 REVISIT_MOVES = 8  # MoveTrail: a move may not lead back to where the last this-many moves have been
 
 
@@ -87,7 +93,7 @@ def detour_move(probs: dict[str, float], trail: MoveTrail, barred: str | None = 
 def no_revisit(g: GuidanceResult, trail: MoveTrail) -> GuidanceResult:
     """The guidance head often answers its own move with the reverse move,
     or walks round a square of four, and the operator goes round with it:
-    in the closed loop most failures were such cycles (docs/TRAINING.md).
+    in the closed loop many failures were such cycles (docs/TRAINING.md).
     A move that would lead back to where the last moves have been is
     therefore replaced by the head's best move that does not (hold is never
     replaced). For the closed loop (one move per frame; the caller steps the
