@@ -240,7 +240,7 @@ def expert_action(vp, truth: dict, threshold: float | None = None, centre_depth:
     the depth's: a view just inside the target view's edge looks like one
     just outside it, where the hints must not say hold (a hold there ends
     the search one step short)."""
-    from edge_assist.sim.patient import ACTION_EFFECT, ERROR_NAMES, STEP
+    from edge_assist.sim.patient import ACTION_EFFECT, ERROR_KEYS, ERROR_NAMES, STEP
     from edge_assist.vocab import QUALITY_THRESHOLD
 
     thr = QUALITY_THRESHOLD if threshold is None else threshold
@@ -251,35 +251,25 @@ def expert_action(vp, truth: dict, threshold: float | None = None, centre_depth:
             return _move_reducing("depth", e) or action
     if (centre_view is not None and action == "hold" and truth.get("at_target")
             and float(truth.get("view_offset", 0.0)) > centre_view):
-        step = _centring_step(vp, truth)
+        step = _step_furthest(truth["pose_error"], ERROR_KEYS, vp.tol)
         if step is not None:
             return step
     if action != "hold" or not truth.get("at_target") or truth["quality"] >= thr:
         return action
-    pe, best = truth["pose_error"], None
-    for k in ERROR_NAMES:
-        e = float(pe[ERROR_NAMES[k]])
-        r = abs(e) / STEP[k]
-        if r > 0.5 and (best is None or r > best[0]):
-            best = (r, k, e)
-    if best is None:
-        return action
-    return _move_reducing(best[1], best[2]) or action
+    return _step_furthest(truth["pose_error"], ERROR_NAMES, STEP) or action
 
 
-def _centring_step(vp, truth: dict) -> str | None:
-    """Of the view's pose components that a step brings closer to the
-    target (more than half a step off), the move for the one furthest off in
-    units of its tolerance; None when there is none (as near as the steps
-    reach)."""
-    from edge_assist.sim.patient import ERROR_KEYS, ERROR_NAMES, STEP
+def _step_furthest(pose_error: dict, components, units: dict) -> str | None:
+    """Of `components` that a step brings closer to the target (more than
+    half a step off), the move for the one furthest off in `units` (steps,
+    or tolerances); None when there is none (as near as the steps reach)."""
+    from edge_assist.sim.patient import ERROR_NAMES, STEP
 
-    pe = truth["pose_error"]
-    errors = {k: float(pe[ERROR_NAMES[k]]) for k in ERROR_KEYS}
-    movable = [k for k in ERROR_KEYS if abs(errors[k]) > 0.5 * STEP[k]]
+    errors = {k: float(pose_error[ERROR_NAMES[k]]) for k in components}
+    movable = [k for k in components if abs(errors[k]) > 0.5 * STEP[k]]
     if not movable:
         return None
-    k = max(movable, key=lambda c: abs(errors[c]) / vp.tol[c])
+    k = max(movable, key=lambda c: abs(errors[c]) / units[c])
     return _move_reducing(k, errors[k])
 
 
