@@ -56,12 +56,13 @@ DEFAULTS = {
     "repeat": 1,
     "parallel_heads": None,  # quality and guidance at the same time; default: the pipeline's (on for CPU sessions with the cores)
     "prime": None,  # prime the caches before each paced frame; default: the pipeline's (adaptive)
+    "inline_capture": True,  # paced sources: the capture thread processes a frame itself while the loop is idle
     # Load all three heads: the interpreter model runs on every frame it is free for, whatever the quality
     # score (its result still abstains below the manifest's gate). Default: only where the gate lets it.
     "interpreter_always": False,
 }
 VARIANT_KEYS = {"label", "precision", "threads", "spinning", "device", "backend", "interpreter", "budget_ms", "fps", "mode",
-                "description", "parallel_heads", "prime"}
+                "description", "parallel_heads", "prime", "inline_capture"}
 SCENARIO_KEYS = set(DEFAULTS) | {"name", "targets", "variants"}
 
 
@@ -120,6 +121,8 @@ def load_scenario(path: Path) -> Scenario:
         raise EdgeAssistError(f"{where}: parallel_heads must be true or false (leave it out for the pipeline's default)")
     if cfg["prime"] is not None and not isinstance(cfg["prime"], bool):
         raise EdgeAssistError(f"{where}: prime must be true or false (leave it out for the pipeline's default)")
+    if not isinstance(cfg["inline_capture"], bool):
+        raise EdgeAssistError(f"{where}: inline_capture must be true or false")
     if not isinstance(cfg["interpreter_always"], bool):
         raise EdgeAssistError(f"{where}: interpreter_always must be true or false")
     if cfg["overload_factor"] and not cfg["prerender"]:
@@ -335,7 +338,7 @@ def run_one(sc: Scenario, cfg: dict, manifest, cache: _Cache, run_id: str) -> tu
             ph = run_pipeline_phase(src, heads, budget_ms=budget, every_frame=every, interpreter_mode=cfg["interpreter"],
                                     warmup_frames=warm, duration_s=duration, capacity_hint=hint,
                                     parallel_heads=cfg["parallel_heads"], interpreter_always=cfg["interpreter_always"],
-                                    prime=cfg["prime"])
+                                    prime=cfg["prime"], inline_capture=cfg["inline_capture"])
         phases["pipeline"] = ph
         tensor = ph.recorder.last_tensor
         if tensor is None:
@@ -459,7 +462,8 @@ def run_scenario(sc: Scenario, args, manifest, cache: _Cache) -> list[tuple[dict
                      f"drop {100 * r['drop_rate']:.1f} %, {r['fps']:.0f} fps, limit p50 {r['limit_ms']['p50']:.2f} ms, "
                      f"overhead {r['overhead_ratio']} ({r['overhead_ms']:+.2f} ms; heads {r.get('heads_mode')}, "
                      f"{100 * (r.get('heads_parallel_share') or 0):.0f} % parallel, "
-                     f"{100 * ((r.get('prime') or {}).get('share') or 0):.0f} % primed), "
+                     f"{100 * ((r.get('prime') or {}).get('share') or 0):.0f} % primed, "
+                     f"{100 * ((r.get('capture_inline') or {}).get('inline_share') or 0):.0f} % inline), "
                      f"others' CPU {r['cpu']['others_cores']} cores")
     return out
 

@@ -263,7 +263,7 @@ def _wait_until(pred, timeout_s: float, monitor: ResourceMonitor, what: str, ali
 
 def run_pipeline_phase(source, heads, *, budget_ms, every_frame, interpreter_mode, warmup_frames, duration_s,
                        capacity_hint: int, parallel_heads: bool | None = None, interpreter_always: bool = False,
-                       prime: bool | None = None) -> Phase:
+                       prime: bool | None = None, inline_capture: bool = True) -> Phase:
     """Run the real Pipeline: warm-up frames are not counted; then the
     measured window lasts duration_s; then stop()."""
     from edge_assist.pipeline import Pipeline
@@ -272,7 +272,7 @@ def run_pipeline_phase(source, heads, *, budget_ms, every_frame, interpreter_mod
     mon = ResourceMonitor()
     pipe = Pipeline(source, heads, [], budget_ms=budget_ms, every_frame=every_frame, interpreter_mode=interpreter_mode,
                     on_result=rec.on_result, warmup_frames=warmup_frames, parallel_heads=parallel_heads,
-                    interpreter_always=interpreter_always, prime=prime)
+                    interpreter_always=interpreter_always, prime=prime, inline_capture=inline_capture)
     src_dropped = lambda: source_drops(source)  # noqa: E731
     mon.sample()
     pipe.start()
@@ -324,7 +324,8 @@ def run_pipeline_phase(source, heads, *, budget_ms, every_frame, interpreter_mod
                extra={"interpreter_mode": pipe.interpreter_mode, "interpreter_always": pipe.interpreter_always,
                       "mode": s["mode"], "ended": s["ended"],
                       "heads_parallel": pipe.parallel_heads, "heads_mode": s["heads_mode"],
-                      "heads_parallel_share": round(s["heads_parallel_share"], 4), "prime": s["prime"]})
+                      "heads_parallel_share": round(s["heads_parallel_share"], 4), "prime": s["prime"],
+                      "capture_inline": s["capture"]})
     # fps from frames completed inside the window (frames after the warm-up are
     # counted for latency even if they finish after the window closes)
     ph.extra["fps_window"] = round(frames["window_processed"] / window_s, 3) if window_s > 0 else 0.0

@@ -7,6 +7,11 @@ Threads: the capture thread (reads the source), the processing loop (the
 thread that calls run()), the head runner (parallel heads: guidance runs there
 while the loop runs quality) and the interpreter worker (async mode). All of
 them end before run() returns; stop() may be called from any thread.
+
+Inline capture: with a paced source that is cheap to read and a pipeline
+that keeps up with room to spare, the capture thread processes (and primes
+for) the frames it reads itself, with the slot's processing turn, instead of
+waking the loop thread for each; otherwise frames go through the slot.
 """
 
 from __future__ import annotations
@@ -40,6 +45,15 @@ SIZE_CHANGE_FRAMES = 30
 HEADS_WINDOW = 7
 HEADS_PROBE_EVERY = 16
 
+# Inline capture (Pipeline): only while the median processing time of the
+# last INLINE_WINDOW frames is within this share of the frame interval.
+INLINE_WINDOW = 16
+INLINE_SHARE = 0.5
+# ... and the median CPU time of the last INLINE_WINDOW reads is within this:
+# about twice the Primer's smallest margin, far below a frame interval (a
+# read that only waits costs 0.03-0.1 ms here; the simulator renders for 4+ ms).
+INLINE_READ_CPU_NS = 1_000_000
+
 
 def _ms(ns: int) -> float:
     return ns / 1e6
@@ -62,13 +76,21 @@ def precise_timers() -> bool:
 
 class FrameSlot:
     """Holds the newest frame only (live), or one frame with back-pressure
-    (every-frame mode). Overwritten frames are counted as dropped."""
+    (every-frame mode). Overwritten frames are counted as dropped.
+
+    It also holds the processing turn: one thread at a time processes (or
+    primes for) a frame. get() hands a frame over together with the turn;
+    claim() takes the turn without a frame (the capture thread processing a
+    frame it has just read, or priming), only while no frame waits and
+    nobody else has it, so frames are never processed out of order;
+    release() gives it back."""
 
     def __init__(self, every_frame: bool):
         self.every_frame = every_frame
         self._cond = threading.Condition()
         self._frame: Frame | None = None
         self._closed = False
+        self._busy = False  # a thread has the processing turn
         self.dropped = 0
 
     def put(self, frame: Frame) -> None:
@@ -85,12 +107,34 @@ class FrameSlot:
             self._cond.notify_all()
 
     def get(self, timeout_s: float) -> Frame | None:
+        """The waiting frame, with the processing turn (release() it when
+        done); None when none came within timeout_s. While another thread
+        has the turn no frame is handed over."""
         with self._cond:
-            if self._frame is None:
+            if self._frame is None or self._busy:
                 self._cond.wait(timeout_s)
+            if self._busy:
+                return None
             frame, self._frame = self._frame, None
+            if frame is not None:
+                self._busy = True
             self._cond.notify_all()
             return frame
+
+    def claim(self) -> bool:
+        """Take the processing turn without a frame: only when no frame waits
+        and no thread has it (and the slot is open)."""
+        with self._cond:
+            if self._frame is not None or self._busy or self._closed:
+                return False
+            self._busy = True
+            return True
+
+    def release(self) -> None:
+        """Give the processing turn back (after get() returned a frame, or claim() True)."""
+        with self._cond:
+            self._busy = False
+            self._cond.notify_all()
 
     @property
     def pending(self) -> bool:
@@ -415,6 +459,7 @@ class Pipeline:
         parallel_heads: bool | None = None,  # True / False: always / never; None: adaptive where possible
         interpreter_always: bool = False,  # benchmarks: run the interpreter whatever the quality (it still abstains)
         prime: bool | None = None,  # True / False: always / never; None: adaptive for paced sources
+        inline_capture: bool = True,  # paced sources: the capture thread processes the frames it reads while the loop is idle
     ):
         self.source = source
         self.heads = heads
@@ -453,6 +498,23 @@ class Pipeline:
         self.prime_mode = ("adaptive" if prime is None else "on") if on else "off"
         self._primer = Primer(period_ns, adaptive=prime is None) if on else None
         self._last_inputs: tuple | None = None  # (frame, tensor, guidance feed) of the last frame
+        # Inline capture: where frames come with gaps (the same sources as
+        # priming), the capture thread processes a frame it has just read
+        # itself when nothing else is being processed, instead of waking the
+        # loop thread for it: the hand-off is one thread wake-up (30-80 us on
+        # this project's VM) on every frame's path. Only while the pipeline
+        # keeps up with room to spare (INLINE_SHARE): a frame the capture
+        # thread processes is one it is not reading, so under load frames go
+        # through the slot to the loop as before and the newest still wins.
+        self._period_ns = period_ns
+        self.inline_capture = can_prime and bool(inline_capture)
+        self._service_ms: deque[float] = deque(maxlen=INLINE_WINDOW)  # recent frames' processing time, read to sinks
+        self._keeping_up = False  # set by _note_service
+        self._read_cpu_ns: deque[int] = deque(maxlen=INLINE_WINDOW)  # CPU time of the capture thread's recent reads
+        self._reads_cheap = False  # set by _note_read
+        self.frames_inline = 0  # counted frames processed by the capture thread
+        self._worker: InterpreterWorker | None = None
+        self._runner: HeadRunner | None = None
         self.frames_heads_parallel = 0  # counted frames (after warm-up) whose heads ran in parallel
         self.frames_primed = 0  # counted frames (after warm-up) whose caches were primed
         self.log = LatencyLog()
@@ -522,6 +584,9 @@ class Pipeline:
         precise_timers()
         try:
             while not self._stop.is_set():
+                if self._inline_now():
+                    self._prime_before_read()
+                cpu0 = time.thread_time_ns() if self.inline_capture else 0
                 try:
                     frame = self.source.read(timeout_s=0.1)
                 except EndOfStream:
@@ -529,7 +594,19 @@ class Pipeline:
                     return
                 if frame is None:
                     continue  # a stall: live sources are not finished
+                t_read = time.monotonic_ns()
+                if self.inline_capture:
+                    self._note_read(time.thread_time_ns() - cpu0)
                 self.frames_in += 1
+                if self._inline_now() and self.slot.claim():
+                    try:
+                        go_on = self._handle(frame, t_read, inline=True)
+                    finally:
+                        self.slot.release()
+                    if not go_on:
+                        self.stop()
+                        return
+                    continue
                 self.slot.put(frame)
                 if self.every_frame and self.max_frames and self.frames_in >= self.max_frames:
                     return
@@ -537,6 +614,51 @@ class Pipeline:
             self._capture_error = exc
         finally:
             self._capture_done.set()
+
+    def _inline_now(self) -> bool:
+        """Inline capture is on, reads are cheap and the pipeline keeps up with room to spare."""
+        return self._keeping_up and self._reads_cheap
+
+    def _note_read(self, cpu_ns: int) -> None:
+        """The CPU time a read took (a wait costs almost none). A source that
+        works to make its frames (the simulator rendering, a decoder) is
+        read inline only if that work is small: the capture thread primes
+        before it reads, timed on the frames' capture times, which come after
+        that work; with much of it the read starts after its frame is due,
+        the frames come later still, and the source skips frames (the
+        simulator at 30 fps lost 48 of 120)."""
+        self._read_cpu_ns.append(cpu_ns)
+        self._reads_cheap = sorted(self._read_cpu_ns)[len(self._read_cpu_ns) // 2] <= INLINE_READ_CPU_NS
+
+    def _note_service(self, ms: float) -> None:
+        """A frame's processing time, read to sinks: decides _keeping_up."""
+        self._service_ms.append(ms)
+        if self.inline_capture and len(self._service_ms) >= INLINE_WINDOW // 2:
+            # The nominal interval as well as the measured one: frames the
+            # capture thread is late to read come later, which must not look like room.
+            period = min(self._period_ns, self._primer.period_ns) if self._primer is not None else self._period_ns
+            self._keeping_up = sorted(self._service_ms)[len(self._service_ms) // 2] * 1e6 <= INLINE_SHARE * period
+
+    def _prime_before_read(self) -> None:
+        """Inline capture: the capture thread, which will process the next
+        frame, primes for it (see Primer) before it waits for it."""
+        primer = self._primer
+        if primer is None:
+            return
+        now = time.monotonic_ns()
+        plan = primer.plan(now)
+        if plan is None:
+            return
+        start, due = plan
+        if start > now and self._stop.wait((start - now) / 1e9):
+            return
+        if not self.slot.claim():
+            return
+        try:
+            if primer.decide(due):
+                self._prime(self._runner, due)
+        finally:
+            self.slot.release()
 
     # ----------------------------------------------------------------- process
     def _frame_ok(self, frame: Frame) -> bool:
@@ -570,9 +692,10 @@ class Pipeline:
     def _choose_parallel(self, runner: HeadRunner | None) -> bool:
         return runner is not None and (self._chooser is None or self._chooser.choose())
 
-    def _prime(self, runner: HeadRunner | None) -> None:
+    def _prime(self, runner: HeadRunner | None, due: int) -> None:
         """The last frame's preprocessing and heads once more, results thrown
-        away, the way the next frame will run them (same threads): see Primer."""
+        away, the way the next frame will run them (same threads): see Primer.
+        Called with the processing turn held."""
         if self._last_inputs is None:
             return
         t0 = time.perf_counter_ns()
@@ -588,13 +711,14 @@ class Pipeline:
         else:
             self.heads.quality(tensor)
             self._run_guidance(gfeed)
-        self._primer.passed(_ms(time.perf_counter_ns() - t0), collided=self.slot.pending)
+        # A collision: the frame came (or, read by this thread, was due) during the pass.
+        self._primer.passed(_ms(time.perf_counter_ns() - t0), collided=self.slot.pending or time.monotonic_ns() > due)
 
     def _next_frame(self, runner: HeadRunner | None) -> Frame | None:
         """The next frame from the slot (None: none yet). With priming, the
         wait is split: until the priming time, the pass, then the rest."""
         primer = self._primer
-        if primer is not None:
+        if primer is not None and not self._inline_now():  # inline, the capture thread primes
             now = time.monotonic_ns()
             plan = primer.plan(now)
             if plan is not None:
@@ -602,8 +726,13 @@ class Pipeline:
                 frame = self.slot.get(timeout_s=min(0.05, (start - now) / 1e9))
                 if frame is not None or time.monotonic_ns() < start:
                     return frame
-                if primer.decide(due):
-                    self._prime(runner)
+                if not self.slot.claim():
+                    return self.slot.get(timeout_s=0.05)  # a frame came (or the capture thread has the turn)
+                try:
+                    if primer.decide(due):
+                        self._prime(runner, due)
+                finally:
+                    self.slot.release()
                 return self.slot.get(timeout_s=0.05)
         return self.slot.get(timeout_s=0.05)
 
@@ -679,6 +808,43 @@ class Pipeline:
             primed = self._primer.frame_done(frame.t_capture_ns, path)
         return FrameResult(frame, prep, hints, q, g, stages, e2e, e2e > self.budget_ms, ran, parallel, primed)
 
+    def _handle(self, frame: Frame, t_dequeue: int, inline: bool = False) -> bool:
+        """One frame, in whichever thread has the processing turn: check,
+        process, count, hand to the sinks. False: max_frames reached."""
+        if not self._frame_ok(frame):
+            self.frames_skipped += 1
+            return True
+        worker = self._worker
+        result = self._process(frame, t_dequeue, worker, self._runner)
+        self.frames_processed += 1
+        self.interpreter_runs += int(result.interpreter_ran)
+        counted = self.frames_processed > self.warmup_frames
+        if result.missed_budget and counted:
+            self.misses += 1
+        if counted:
+            self.frames_heads_parallel += int(result.heads_parallel)
+            self.frames_primed += int(result.primed)
+            self.frames_inline += int(inline)
+            for name, ms in result.stages_ms.items():
+                if name != "interpreter" or worker is None:
+                    self.log.add(name, ms)
+            self.log.add_e2e(result.e2e_ms, time.monotonic_ns())
+        t_sink = time.perf_counter_ns()
+        for sink in self.sinks:
+            sink.write(result)
+        if self.on_result is not None:
+            self.on_result(result)
+        sink_ms = _ms(time.perf_counter_ns() - t_sink)
+        result.stages_ms["sink"] = sink_ms
+        if counted:
+            self.log.add("sink", sink_ms)
+        self._note_service(_ms(time.monotonic_ns() - t_dequeue))
+        if worker is not None:
+            self._interp_p50_ms = self.log.median_of_last("interpreter", 50)
+            if worker.error is not None:
+                raise worker.error
+        return not (self.max_frames and self.frames_processed >= self.max_frames)
+
     def run(self) -> dict:
         """Process until the source ends, max_frames, or stop(). Returns the summary."""
         old_switch = sys.getswitchinterval()
@@ -686,58 +852,33 @@ class Pipeline:
         # keeps a busy Python thread from adding milliseconds to each head.
         sys.setswitchinterval(0.0005)
         capture = threading.Thread(target=self._capture_loop, name="edge-assist-capture", daemon=True)
-        worker = InterpreterWorker(self.heads, self.log, self.interpreter_always) if self.interpreter_mode == "async" else None
-        runner = None
+        self._worker = InterpreterWorker(self.heads, self.log, self.interpreter_always) if self.interpreter_mode == "async" else None
         self.status = "running"
-        capture.start()
         try:
-            runner = HeadRunner() if self.parallel_heads else None
+            self._runner = HeadRunner() if self.parallel_heads else None
+            capture.start()
             while not self._stop.is_set():
-                frame = self._next_frame(runner)
+                frame = self._next_frame(self._runner)
                 if frame is None:
                     if self._capture_done.is_set():
                         break
                     continue
-                t_dequeue = time.monotonic_ns()
-                if not self._frame_ok(frame):
-                    self.frames_skipped += 1
-                    continue
-                result = self._process(frame, t_dequeue, worker, runner)
-                self.frames_processed += 1
-                self.interpreter_runs += int(result.interpreter_ran)
-                if result.missed_budget and self.frames_processed > self.warmup_frames:
-                    self.misses += 1
-                if self.frames_processed > self.warmup_frames:
-                    self.frames_heads_parallel += int(result.heads_parallel)
-                    self.frames_primed += int(result.primed)
-                    for name, ms in result.stages_ms.items():
-                        if name != "interpreter" or worker is None:
-                            self.log.add(name, ms)
-                    self.log.add_e2e(result.e2e_ms, time.monotonic_ns())
-                t_sink = time.perf_counter_ns()
-                for sink in self.sinks:
-                    sink.write(result)
-                if self.on_result is not None:
-                    self.on_result(result)
-                sink_ms = _ms(time.perf_counter_ns() - t_sink)
-                result.stages_ms["sink"] = sink_ms
-                if self.frames_processed > self.warmup_frames:
-                    self.log.add("sink", sink_ms)
-                if worker is not None:
-                    self._interp_p50_ms = self.log.median_of_last("interpreter", 50)
-                    if worker.error is not None:
-                        raise worker.error
-                if self.max_frames and self.frames_processed >= self.max_frames:
+                try:
+                    go_on = self._handle(frame, time.monotonic_ns())
+                finally:
+                    self.slot.release()
+                if not go_on:
                     break
         finally:
             self._stop.set()
             self.slot.close()
-            capture.join()
-            if runner is not None:
-                runner.stop()
-            if worker is not None:
-                worker.stop()
-                self.interpreter_runs = worker.runs
+            if capture.ident is not None:  # started
+                capture.join()
+            if self._runner is not None:
+                self._runner.stop()
+            if self._worker is not None:
+                self._worker.stop()
+                self.interpreter_runs = self._worker.runs
             sys.setswitchinterval(old_switch)
             self.status = "ended" if self.ended else "stopped"
         if self._capture_error is not None:
@@ -773,6 +914,8 @@ class Pipeline:
             "heads_mode": self.heads_mode,
             "heads_parallel_share": self.frames_heads_parallel / counted if self.frames_processed > self.warmup_frames else 0.0,
             "prime": self._prime_summary(counted),
+            "capture": {"inline": self.inline_capture,
+                        "inline_share": self.frames_inline / counted if self.frames_processed > self.warmup_frames else 0.0},
         }
 
     def _prime_summary(self, counted: int) -> dict:

@@ -98,6 +98,66 @@ def test_newest_frame_wins_and_drops_add_up(tiny_engines, no_thread_leak):
     assert s["frames_in"] == s["frames_processed"] + s["frames_dropped"] + s["frames_skipped"]
     assert seen == sorted(seen) and len(set(seen)) == len(seen)
     assert seen[-1] == 79  # the last frame is never lost to a drop at the end of a stream
+    assert s["capture"]["inline_share"] == 0.0  # behind the source: every frame through the slot
+
+
+@pytest.mark.parametrize("inline", [True, False])
+def test_inline_capture_processes_paced_frames_where_they_are_read(tiny_engines, no_thread_leak, inline):
+    """A paced source the pipeline keeps up with: once it has measured that,
+    the capture thread processes each frame it reads itself (no hand-off to
+    the loop thread); asked not to, every frame goes through the slot."""
+    seen = []
+    with make_heads(tiny_engines) as heads, SyntheticSource(50, fps=60) as src:
+        pipe = Pipeline(src, heads, inline_capture=inline,
+                        on_result=lambda r: seen.append((r.frame.index, threading.current_thread().name)))
+        s = pipe.run()
+    assert [i for i, _ in seen] == sorted(i for i, _ in seen)
+    assert s["frames_in"] == s["frames_processed"] + s["frames_dropped"] + s["frames_skipped"] == 50
+    by_capture = sum(name == "edge-assist-capture" for _, name in seen)
+    if inline:
+        assert s["capture"]["inline"] is True and s["capture"]["inline_share"] > 0.5
+        assert by_capture >= 30  # all but the first frames, while the processing times are measured
+    else:
+        assert s["capture"] == {"inline": False, "inline_share": 0.0} and by_capture == 0
+
+
+class WorkingSource(SyntheticSource):
+    """Works 3 ms for each frame after its wait, as the simulator renders."""
+
+    def read(self, timeout_s: float = 1.0):
+        frame = super().read(timeout_s)
+        t_end = time.thread_time_ns() + 3_000_000
+        while time.thread_time_ns() < t_end:
+            pass
+        return frame
+
+
+def test_inline_capture_is_not_used_for_sources_that_work_to_read(tiny_engines, no_thread_leak):
+    with make_heads(tiny_engines) as heads, WorkingSource(40, fps=60) as src:
+        s = Pipeline(src, heads).run()
+    assert s["capture"] == {"inline": True, "inline_share": 0.0}
+    assert s["frames_in"] == s["frames_processed"] + s["frames_dropped"] + s["frames_skipped"] == 40
+
+
+def test_inline_capture_gives_way_when_frames_come_faster(tiny_engines, no_thread_leak):
+    """Processing slows past half the frame interval mid-stream: the frames go
+    through the slot to the loop again (newest wins, drops counted)."""
+    seen = []
+    with make_heads(tiny_engines, {"guidance": 0.0}) as heads, SyntheticSource(120, fps=100) as src:
+        slow = heads.heads["guidance"].backend
+
+        def on_result(r):
+            seen.append((r.frame.index, threading.current_thread().name))
+            if r.frame.index == 40:
+                slow.delay_s = 0.012  # now slower than the source
+
+        s = Pipeline(src, heads, on_result=on_result).run()
+    names = [name for i, name in seen if i > 40]
+    assert any(name == "edge-assist-capture" for i, name in seen if i < 40)
+    assert names[-5:] != ["edge-assist-capture"] * 5  # the loop thread takes over
+    assert [i for i, _ in seen] == sorted(i for i, _ in seen)
+    assert s["frames_dropped"] > 0
+    assert s["frames_in"] == s["frames_processed"] + s["frames_dropped"] + s["frames_skipped"]
 
 
 def test_misses_are_counted_exactly(tiny_engines):
@@ -265,7 +325,29 @@ def test_slot_every_frame_backpressure():
     assert t.is_alive()  # blocked: the first frame is not consumed yet
     assert slot.get(1).index == 0
     t.join(2)
+    assert slot.get(0.05) is None  # the turn is still out with frame 0
+    slot.release()
     assert slot.get(1).index == 1 and slot.dropped == 0
+
+
+def test_slot_processing_turn():
+    """One thread at a time has the processing turn: get() hands it over with
+    a frame, claim() takes it only while no frame waits, release() returns it."""
+    slot = FrameSlot(every_frame=False)
+    f = Frame(np.zeros((8, 8), np.uint8), 0, 0)
+    assert slot.claim()  # nothing waits: the capture thread may process inline
+    assert not slot.claim()  # not twice
+    slot.put(f)
+    assert slot.get(0.05) is None  # the turn is out: the loop does not take the frame
+    slot.release()
+    assert not slot.claim()  # a frame waits: it goes first, in order
+    assert slot.get(1).index == 0
+    assert not slot.claim()  # the loop has the turn
+    slot.release()
+    assert slot.claim()
+    slot.release()
+    slot.close()
+    assert not slot.claim()
 
 
 # -- parallel heads: guidance in the head runner while the loop runs quality ----------
