@@ -134,7 +134,8 @@ class FrameSlot:
         """Give the processing turn back (after get() returned a frame, or claim() True)."""
         with self._cond:
             self._busy = False
-            self._cond.notify_all()
+            if self._frame is not None:  # a get() waits for it; nobody else waits on the turn
+                self._cond.notify_all()
 
     @property
     def pending(self) -> bool:
