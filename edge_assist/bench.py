@@ -290,6 +290,22 @@ def _median_by(recs: list[dict], key) -> dict:
     return recs[order[(len(order) - 1) // 2]], order[(len(order) - 1) // 2]
 
 
+def _limit_before(make, fps: float, heads, sets: int, max_s: float) -> dict | None:
+    """The paced limit's first half, before the pipeline runs: its raw sets
+    (measure_limit's "limit_raw"), on a tensor preprocessed as the pipeline
+    does from the source's first frame. None when the source gives no frame."""
+    from edge_assist.bench_measure import measure_limit
+    from edge_assist.preprocess import Preprocessor
+
+    with make(fps) as src:
+        frame = src.read(timeout_s=2.0)
+    if frame is None:
+        return None
+    pre = heads.manifest.preprocess
+    prep = Preprocessor(size=heads.input_size, mean=float(pre.get("mean", 0.0)), std=float(pre.get("std", 1.0)))(frame)
+    return measure_limit(heads, prep.tensor, iterations=sets, max_s=max_s, pace_fps=fps)["limit_raw"]
+
+
 def run_one(sc: Scenario, cfg: dict, manifest, cache: _Cache, run_id: str) -> tuple[dict, dict]:
     """One measured run; returns (record, phases for plots)."""
     from edge_assist.bench_measure import measure_limit, run_naive_phase, run_pipeline_phase
@@ -333,6 +349,12 @@ def run_one(sc: Scenario, cfg: dict, manifest, cache: _Cache, run_id: str) -> tu
         else:
             warm = max(5, round(cfg["warmup_s"] * (fps or 100.0)))
         hint = int((duration + cfg["warmup_s"] + 10) * min(max(fps, 60.0) if fps else 3000.0, 3000.0) * 1.2)
+        paced_live = bool(fps) and not every and not overload
+        n_half = max(25, int(float(cfg["limit_s"]) * fps / 2)) if paced_live else 0
+        # Paced runs: half the limit's sets before the pipeline run, half after
+        # (pooled), so that the VM's speed, which drifts over minutes, weighs
+        # on the limit as on the pipeline.
+        before = _limit_before(make, fps, heads, n_half, float(cfg["limit_s"]) / 2) if paced_live else None
         _log(f"{run_id}: pipeline {duration:g} s on {src_desc} at {fps:g} fps" if fps else f"{run_id}: pipeline {duration:g} s, every frame, as fast as possible")
         with make(fps) as src:
             ph = run_pipeline_phase(src, heads, budget_ms=budget, every_frame=every, interpreter_mode=cfg["interpreter"],
@@ -349,10 +371,13 @@ def run_one(sc: Scenario, cfg: dict, manifest, cache: _Cache, run_id: str) -> tu
         on_path = (v["interp"][-max(1, ph.frames["counted"]):] > 0) if sync else None
         hot = measure_limit(heads, tensor, iterations=n_lim, max_s=min(1.5, float(cfg["limit_s"])), on_path=on_path)
         lim = hot
-        paced_live = bool(fps) and not every and not overload
         if paced_live:
             # The pipeline idles between frames; so does the limit, on the same clock.
-            lim = measure_limit(heads, tensor, iterations=n_lim, max_s=float(cfg["limit_s"]), pace_fps=fps, on_path=on_path)
+            lim = measure_limit(heads, tensor, iterations=n_half if before else n_lim,
+                                max_s=float(cfg["limit_s"]) / (2 if before else 1), pace_fps=fps, on_path=on_path,
+                                earlier=before)
+        lim.pop("limit_raw", None)
+        hot.pop("limit_raw", None)
         phases["limit"] = lim.pop("limit_samples")
         phases["limit_all"] = lim.pop("limit_all_samples")
         if paced_live:

@@ -14,7 +14,10 @@ Definitions (also in benchmarks/README.md):
 - limit: bare `session.run` of quality, guidance and interpreter one after the
   other on a ready-made preprocessed tensor (the last one the pipeline
   prepared), with the very sessions (and so session options) the pipeline
-  used, in the same process, right after the pipeline run.
+  used, in the same process, right after the pipeline run; for paced live
+  runs half its sets come right before the pipeline run (on the source's
+  first frame, preprocessed the same way) and half right after, pooled
+  (`limit_sets_before_pipeline`), so the VM's drifting speed weighs on both.
 - overhead ratio: e2e p50 / limit p50.
 - overhead_ms: e2e p50 - limit p50, in milliseconds. With parallel heads
   (`heads_parallel`: the pipeline ran guidance in a second thread while the
@@ -474,7 +477,7 @@ def _bare_runner(head):
 
 
 def measure_limit(heads, tensor: np.ndarray, *, iterations: int, max_s: float, pace_fps: float = 0.0,
-                  on_path: np.ndarray | None = None, warmup: int = 20) -> dict:
+                  on_path: np.ndarray | None = None, warmup: int = 20, earlier: dict | None = None) -> dict:
     """Bare session.run of quality, guidance and interpreter, one after the
     other, on one ready tensor, in the calling thread; each head timed.
 
@@ -487,7 +490,12 @@ def measure_limit(heads, tensor: np.ndarray, *, iterations: int, max_s: float, p
     in between, as a frame-paced workload does (a core that idles between
     frames wakes with cold caches: on this project's VM a tiny model takes
     0.8 ms instead of 0.02 ms after 16 ms of sleep). pace_fps = 0: back to
-    back (hot)."""
+    back (hot).
+
+    earlier: the "limit_raw" of a call made before the pipeline ran (same
+    heads, same pacing): its sets are pooled with these, so the limit
+    brackets the pipeline run in time and a drift of the machine's speed
+    during the run weighs on both alike."""
     runs = {}
     method = None
     for name in ("quality", "guidance", "interpreter"):
@@ -531,8 +539,14 @@ def measure_limit(heads, tensor: np.ndarray, *, iterations: int, max_s: float, p
         i_s.append(t3 - t2)
         if not period_ns and i >= 50 and time.monotonic() > deadline:
             break
-    cpu_ms_per_set = (time.process_time() - cpu0) * 1000 / max(1, len(q_s))
+    cpu_ms = (time.process_time() - cpu0) * 1000
     q, g, it = (np.asarray(a, dtype=np.float64) / 1e6 for a in (q_s, g_s, i_s))
+    raw = {"q": q, "g": g, "it": it, "cpu_ms": cpu_ms, "sets_before": 0}
+    if earlier is not None:
+        q, g, it = (np.concatenate([earlier[k], v]) for k, v in (("q", q), ("g", g), ("it", it)))
+        cpu_ms += earlier["cpu_ms"]
+        raw["sets_before"] = len(earlier["q"])
+    cpu_ms_per_set = cpu_ms / max(1, len(q))
     if on_path is None or len(on_path) == 0:
         path = np.zeros(len(q), dtype=bool)
     else:
@@ -546,8 +560,10 @@ def measure_limit(heads, tensor: np.ndarray, *, iterations: int, max_s: float, p
         "limit_method": method,
         "limit_cpu_ms_per_set": round(cpu_ms_per_set, 4),  # process CPU time per set of all three heads
         "limit_pacing": f"one set every {1000 / pace_fps:.2f} ms (paced at {pace_fps:.1f} fps), sleeping in between" if period_ns else "back to back (hot)",
+        "limit_sets_before_pipeline": raw["sets_before"],
         "limit_samples": total,
         "limit_all_samples": q + g + it,
+        "limit_raw": raw,
     }
 
 

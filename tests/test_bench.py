@@ -106,6 +106,10 @@ def test_bench_json_schema_and_consistency(tmp_path, tiny_engines, no_thread_lea
     _ordered(r["limit_hot_ms"], "limit_hot")
     assert r["limit_method"] == "session.run"
     assert lim["n"] >= 30
+    # paced: the limit's sets bracket the pipeline run, half before it, half after
+    assert r["limit_pacing"].startswith("one set every")
+    assert 0 < r["limit_sets_before_pipeline"] < lim["n"]
+    assert "limit_raw" not in r
     assert r["overhead_ratio"] == pytest.approx(r["e2e_ms"]["p50"] / lim["p50"], rel=1e-3)
     heads = r["limit_heads_ms"]
     assert set(heads) == {"quality", "guidance", "interpreter"}
@@ -183,6 +187,7 @@ def test_overload_drops_are_counted_and_latency_bounded(tmp_path, tiny_engines, 
     assert r["targets"]["drops_counted"]["ok"]
     assert r["baseline"] is None
     assert r["limit_pacing"].startswith("back to back")
+    assert r["limit_sets_before_pipeline"] == 0  # overload: measured after the run only (hot)
 
 
 def test_replay_source_clock_and_fifo():
