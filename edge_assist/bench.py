@@ -295,15 +295,12 @@ def _limit_before(make, fps: float, heads, sets: int, max_s: float) -> dict | No
     (measure_limit's "limit_raw"), on a tensor preprocessed as the pipeline
     does from the source's first frame. None when the source gives no frame."""
     from edge_assist.bench_measure import measure_limit
-    from edge_assist.preprocess import Preprocessor
 
     with make(fps) as src:
         frame = src.read(timeout_s=2.0)
     if frame is None:
         return None
-    pre = heads.manifest.preprocess
-    prep = Preprocessor(size=heads.input_size, mean=float(pre.get("mean", 0.0)), std=float(pre.get("std", 1.0)))(frame)
-    return measure_limit(heads, prep.tensor, iterations=sets, max_s=max_s, pace_fps=fps)["limit_raw"]
+    return measure_limit(heads, heads.preprocessor()(frame).tensor, iterations=sets, max_s=max_s, pace_fps=fps)["limit_raw"]
 
 
 def run_one(sc: Scenario, cfg: dict, manifest, cache: _Cache, run_id: str) -> tuple[dict, dict]:

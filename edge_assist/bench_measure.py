@@ -345,11 +345,9 @@ def run_naive_phase(source, heads, *, budget_ms, warmup_frames, duration_s, capa
     source's buffered (stale) frames, and the source drops what overflows."""
     from edge_assist.hints import HintSmoother
     from edge_assist.pipeline import precise_timers
-    from edge_assist.preprocess import Preprocessor
 
     precise_timers()  # the source is read in this thread: pace it as the pipeline's capture thread does
-    pre_cfg = heads.manifest.preprocess
-    pre = Preprocessor(size=heads.input_size, mean=float(pre_cfg.get("mean", 0.0)), std=float(pre_cfg.get("std", 1.0)))
+    pre = heads.preprocessor()
     smoother = HintSmoother()
     guidance = GuidanceFeed.for_head(heads.heads["guidance"].spec)
     rec = FrameRecorder(capacity_hint)

@@ -16,6 +16,7 @@ from edge_assist.guidance_memory import one_hot
 from edge_assist.lesion_crop import CropBox, box_from_measurement, cut, depth_fraction, depth_third
 from edge_assist.lesion_measure import lesion_size_frac, measure_on_mask
 from edge_assist.manifest import HeadSpec, Manifest
+from edge_assist.preprocess import Preprocessor
 from edge_assist.vocab import ABSTAIN_TEXT, ABSTAIN_TEXT_ZH, QUALITY_THRESHOLD
 
 
@@ -249,6 +250,11 @@ class HeadSet:
     @property
     def input_size(self) -> tuple[int, int]:
         return self.manifest.input_size
+
+    def preprocessor(self) -> Preprocessor:
+        """A new Preprocessor for these heads' input, normalised as the manifest says."""
+        pre = self.manifest.preprocess
+        return Preprocessor(size=self.input_size, mean=float(pre.get("mean", 0.0)), std=float(pre.get("std", 1.0)))
 
     def frames_for(self, name: str) -> int:
         return self.heads[name].spec.frames

@@ -32,7 +32,7 @@ from edge_assist.guidance_memory import GuidanceFeed
 from edge_assist.heads import HeadSet
 from edge_assist.hints import HintSmoother, SmoothingConfig
 from edge_assist.metrics import LatencyLog, summarize_ms
-from edge_assist.preprocess import Prepared, Preprocessor
+from edge_assist.preprocess import Prepared
 from edge_assist.sources.base import FrameSource
 from edge_assist.vocab import ABSTAIN_TEXT, ABSTAIN_TEXT_ZH, QUALITY_THRESHOLD
 
@@ -472,10 +472,7 @@ class Pipeline:
         self.interpreter_mode = interpreter_mode or ("sync" if every_frame else "async")
         if self.interpreter_mode not in ("sync", "async"):
             raise ValueError(f"interpreter_mode must be 'sync' or 'async', not {self.interpreter_mode!r}")
-        pre = heads.manifest.preprocess
-        self.preprocessor = Preprocessor(
-            size=heads.input_size, mean=float(pre.get("mean", 0.0)), std=float(pre.get("std", 1.0))
-        )
+        self.preprocessor = heads.preprocessor()
         self.smoother = HintSmoother(smoothing)
         self.on_result = on_result
         self.warmup_frames = warmup_frames
@@ -596,19 +593,21 @@ class Pipeline:
                 if frame is None:
                     continue  # a stall: live sources are not finished
                 t_read = time.monotonic_ns()
-                if self.inline_capture:
-                    self._note_read(time.thread_time_ns() - cpu0)
+                read_cpu_ns = time.thread_time_ns() - cpu0 if self.inline_capture else 0
                 self.frames_in += 1
                 if self._inline_now() and self.slot.claim():
                     try:
                         go_on = self._handle(frame, t_read, inline=True)
                     finally:
                         self.slot.release()
+                    self._note_read(read_cpu_ns)  # off the frame's path: it decides for the next frames
                     if not go_on:
                         self.stop()
                         return
                     continue
                 self.slot.put(frame)
+                if self.inline_capture:
+                    self._note_read(read_cpu_ns)
                 if self.every_frame and self.max_frames and self.frames_in >= self.max_frames:
                     return
         except BaseException as exc:
@@ -653,10 +652,16 @@ class Pipeline:
         start, due = plan
         if start > now and self._stop.wait((start - now) / 1e9):
             return
+        self._prime_with_turn(due)
+
+    def _prime_with_turn(self, due: int) -> None:
+        """Decide on priming for the frame due at `due` and prime, holding
+        the processing turn; nothing when a frame waits or another thread
+        has the turn."""
         if not self.slot.claim():
             return
         try:
-            if primer.decide(due):
+            if self._primer.decide(due):
                 self._prime(self._runner, due)
         finally:
             self.slot.release()
@@ -715,7 +720,7 @@ class Pipeline:
         # A collision: the frame came (or, read by this thread, was due) during the pass.
         self._primer.passed(_ms(time.perf_counter_ns() - t0), collided=self.slot.pending or time.monotonic_ns() > due)
 
-    def _next_frame(self, runner: HeadRunner | None) -> Frame | None:
+    def _next_frame(self) -> Frame | None:
         """The next frame from the slot (None: none yet). With priming, the
         wait is split: until the priming time, the pass, then the rest."""
         primer = self._primer
@@ -727,13 +732,7 @@ class Pipeline:
                 frame = self.slot.get(timeout_s=min(0.05, (start - now) / 1e9))
                 if frame is not None or time.monotonic_ns() < start:
                     return frame
-                if not self.slot.claim():
-                    return self.slot.get(timeout_s=0.05)  # a frame came (or the capture thread has the turn)
-                try:
-                    if primer.decide(due):
-                        self._prime(runner, due)
-                finally:
-                    self.slot.release()
+                self._prime_with_turn(due)  # skipped when a frame came meanwhile
                 return self.slot.get(timeout_s=0.05)
         return self.slot.get(timeout_s=0.05)
 
@@ -859,7 +858,7 @@ class Pipeline:
             self._runner = HeadRunner() if self.parallel_heads else None
             capture.start()
             while not self._stop.is_set():
-                frame = self._next_frame(self._runner)
+                frame = self._next_frame()
                 if frame is None:
                     if self._capture_done.is_set():
                         break

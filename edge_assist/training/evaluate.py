@@ -35,7 +35,6 @@ from edge_assist.heads import HeadSet, lesion_decided
 from edge_assist.hints import HintSmoother, MoveTrail, SmoothingConfig, hold_only_when_due, no_revisit
 from edge_assist.lesion_measure import lesion_size_frac
 from edge_assist.manifest import load_manifest
-from edge_assist.preprocess import Preprocessor
 from edge_assist.training.common import (
     EVAL_SEEDS, EXAM_PRESETS, auroc, expert_action, f1_binary, macro_f1_multiclass, progress, sim_region, spearman,
 )
@@ -74,11 +73,6 @@ def held_out_frames(size: EvalSize, seeds=EVAL_SEEDS, presets=EXAM_PRESETS, rng_
     return list(generate(list(presets), s, size.frames_per_seed, rng_seed))
 
 
-def _preprocessor(heads: HeadSet) -> Preprocessor:
-    pre = heads.manifest.preprocess
-    return Preprocessor(size=heads.input_size, mean=float(pre.get("mean", 0.0)), std=float(pre.get("std", 1.0)))
-
-
 def _stack(tensor: np.ndarray, frames: int) -> np.ndarray:
     return tensor if frames == 1 else np.concatenate([tensor] * frames, axis=1)
 
@@ -88,7 +82,7 @@ def _stack(tensor: np.ndarray, frames: int) -> np.ndarray:
 
 def frame_outputs(heads: HeadSet, frames: list[tuple[np.ndarray, dict]], desc: str = "frames") -> dict:
     """Run every head on every frame (the run-time preprocessing and decode)."""
-    pre = _preprocessor(heads)
+    pre = heads.preprocessor()
     g_frames = heads.frames_for("guidance")
     interp = heads.heads["interpreter"]
     gate = float(interp.spec.decode.get("quality_threshold", QUALITY_THRESHOLD))
@@ -277,7 +271,7 @@ def closed_loop(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, max_moves: int =
     2026-11-30 (within_every_tolerance)."""
     from edge_assist.sim.patient import ERROR_NAMES, VirtualPatient
 
-    pre = _preprocessor(heads)
+    pre = heads.preprocessor()
     g_frames = heads.frames_for("guidance")
     memory = heads.has_memory()
     episodes = [(p, s) for s in seeds for p in presets]
@@ -352,7 +346,7 @@ def hold_decisions(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, rng_seed: int
     wrong (each drawn up to POSE_DRAWS times until it is of its kind)."""
     from edge_assist.sim.patient import ERROR_KEYS, VirtualPatient
 
-    pre = _preprocessor(heads)
+    pre = heads.preprocessor()
     spec = heads.heads["guidance"].spec
     said = {kind: [] for kind in ("at_target", "within_tolerance", "one_component_off")}
     head = {kind: [] for kind in said}
@@ -414,7 +408,7 @@ def real_frames(heads: HeadSet, n_frames: int = 8) -> dict:
         path = get_testdata_file(name)
         if path is None:
             continue
-        pre = _preprocessor(heads)
+        pre = heads.preprocessor()
         scores = []
         with open_source(f"dicom:{path}", every_frame=True) as src:
             while len(scores) < n_frames:
