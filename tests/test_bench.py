@@ -267,3 +267,23 @@ def test_bad_scenarios_are_one_line_errors(tmp_path, tiny_engines, capsys, text,
 def test_unknown_scenario_name(tiny_engines, capsys):
     assert main(["bench", "--scenario", "no-such-thing", "--engines", str(tiny_engines), "--no-out"]) == 2
     assert "unknown scenario" in capsys.readouterr().err
+
+
+def _rec(e2e_p99: float, ratio: float) -> dict:
+    return {"e2e_ms": {"p50": 1.0, "p99": e2e_p99}, "miss_rate": 0.0, "overhead_ratio": ratio, "budget_ms": 16.7,
+            "source_fps": 60.0, "rss": {"growth_mb": 0.1},
+            "frames": {"offered": 10, "processed": 10, "skipped": 0, "dropped_slot": 0, "dropped_source": 0}}
+
+
+def test_repeated_runs_are_judged_on_their_median_not_on_the_run_shown():
+    from edge_assist.bench_report import evaluate_targets, evaluate_targets_over_repeats
+
+    recs = [_rec(2.5, 1.09), _rec(2.6, 1.22), _rec(2.4, 1.25)]
+    shown = dict(recs[0])  # the run with the median e2e p99 is shown in full
+    shown["repeats"] = {"median": {"e2e_p99": 2.5, "miss_rate": 0.0, "overhead_ratio": 1.22, "rss_growth_mb": 0.1}}
+    targets = {"overhead_ratio": 1.10, "e2e_p99_ms": 16.7}
+    assert evaluate_targets(shown, targets)["overhead_ratio"]["ok"]  # the one run alone meets it ...
+    t = evaluate_targets_over_repeats(shown, recs, targets)
+    assert not t["overhead_ratio"]["ok"] and t["overhead_ratio"]["value"] == 1.22  # ... the median of three does not
+    assert t["overhead_ratio"]["each"] == [1.09, 1.22, 1.25] and t["overhead_ratio"]["basis"] == "median of 3 repeats"
+    assert t["e2e_p99_ms"]["ok"] and t["e2e_p99_ms"]["each"] == [2.5, 2.6, 2.4]

@@ -219,6 +219,9 @@ def test_eval_quick_returns_the_keys_without_torch(tiny_engines_128):
     assert 0.0 <= g["pose_reached"] <= 1.0  # the diagnostic: every pose component within its tolerance
     paced = g["closed_loop_paced"]  # the same starts, following the smoothed hints
     assert 0.0 <= paced["closed_loop_success"] <= 1.0 and set(paced["success_by_preset"]) == set(g["success_by_preset"])
+    for run in (g, paced):  # every success rate comes with its 95 % interval
+        lo, hi = run["closed_loop_success_ci95"]
+        assert 0.0 <= lo <= run["closed_loop_success"] <= hi <= 1.0
     # the expert reaches the target from the same starts: the task itself is solvable
     assert g["expert_closed_loop_success"] == 1.0
     assert set(r["real_frames"]) >= {"examples_ybr_color", "examples_rgb_color", "examples_palette", "palette_lowest"}
@@ -227,6 +230,8 @@ def test_eval_quick_returns_the_keys_without_torch(tiny_engines_128):
     if "f1" in interp:  # every findings term says how many positive frames it rests on
         assert set(interp["f1_support"]) == set(interp["f1"])
         assert all(isinstance(n, int) and n >= 0 for n in interp["f1_support"].values())
+        assert set(interp["terms_below_support"]) <= set(interp["f1"])
+        assert len(interp["findings_macro_f1_ci95"]) == 2
     assert r["setup"]["seconds"] < 60
 
 

@@ -185,6 +185,19 @@ def f1_binary(y_true, y_pred) -> float:
     return 2 * tp / (2 * tp + fp + fn)
 
 
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> list[float]:
+    """95 % (z = 1.96) Wilson score interval of a success rate: unlike the
+    normal approximation it stays inside [0, 1] and is right near 0 and 1.
+    [nan, nan] for n = 0."""
+    if n <= 0:
+        return [float("nan"), float("nan")]
+    p = successes / n
+    den = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / den
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return [round(float(max(0.0, centre - half)), 4), round(float(min(1.0, centre + half)), 4)]
+
+
 def macro_f1_multilabel(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[float, list[float]]:
     """Mean F1 over the label columns that occur (in truth or prediction)."""
     per = [f1_binary(y_true[:, k], y_pred[:, k]) for k in range(y_true.shape[1])]

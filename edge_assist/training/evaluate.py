@@ -37,6 +37,7 @@ from edge_assist.lesion_measure import lesion_size_frac
 from edge_assist.manifest import load_manifest
 from edge_assist.training.common import (
     EVAL_SEEDS, EXAM_PRESETS, auroc, expert_action, f1_binary, macro_f1_multiclass, progress, sim_region, spearman,
+    wilson_interval,
 )
 from edge_assist.vocab import ACTIONS, ECHOGENICITY, LOCATIONS, MARGINS, QUALITY_REASONS, QUALITY_THRESHOLD, STRUCTURES
 
@@ -140,6 +141,45 @@ def _attribute_probs(row: dict, role: str) -> np.ndarray:
     return row["raw"][role]
 
 
+# A macro-F1 term resting on fewer positive frames than this is a coin toss
+# (one positive frame: its F1 is 0 or 1, worth 0.09 of an 11-term mean).
+MIN_TERM_SUPPORT = 20
+BOOTSTRAP_DRAWS = 1000
+
+
+def _term_f1(t: np.ndarray, p: np.ndarray, n_classes: int) -> float:
+    """F1 of a binary term (n_classes 0: truth and prediction 0/1), or the
+    macro-F1 over the classes of a multiclass one."""
+    if n_classes == 0:
+        return f1_binary(t == 1, p == 1)
+    return macro_f1_multiclass(t, p, n_classes) if len(t) else float("nan")
+
+
+def _bootstrap_macro_f1(term_data: dict, patient: np.ndarray, draws: int = BOOTSTRAP_DRAWS, seed: int = RNG_SEED) -> list[float]:
+    """95 % percentile interval of the findings macro-F1 over held-out
+    patients drawn with replacement (a patient's frames go together: they
+    are not independent)."""
+    ids, inverse = np.unique(patient, return_inverse=True)
+    if len(ids) < 2:
+        return [float("nan"), float("nan")]
+    rows_of = [np.flatnonzero(inverse == k) for k in range(len(ids))]
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(draws):
+        pick = rng.integers(0, len(ids), len(ids))
+        weight = np.bincount(np.concatenate([rows_of[k] for k in pick]), minlength=len(patient))
+        f1s = []
+        for t, p, n, idx in term_data.values():
+            w = weight[idx]
+            v = _term_f1(np.repeat(t, w), np.repeat(p, w), n)
+            if not np.isnan(v):
+                f1s.append(v)
+        if f1s:
+            values.append(np.mean(f1s))
+    lo, hi = np.percentile(values, [2.5, 97.5])
+    return [round(float(lo), 4), round(float(hi), 4)]
+
+
 def interpreter_metrics(out: dict) -> dict:
     """Findings macro-F1 / size MAE as training/interpreter.py defines them,
     on frames with truth quality >= threshold (where the interpreter is
@@ -157,29 +197,30 @@ def interpreter_metrics(out: dict) -> dict:
     temp = float(dec.get("temperature", 1.0))
     s_thr = float(dec.get("structure_threshold", 0.5))
     l_thr = float(dec.get("lesion_threshold", 0.5))
-    terms: dict[str, float] = {}
-    support: dict[str, int] = {}  # positive frames behind each term: a term on a handful of them is a coin toss
+    # Each term of the macro-F1: its truth and prediction per frame (class
+    # indices; binary terms 0/1), the number of classes (0: binary), and which frames.
+    patient = np.array([f'{r["truth"].get("preset")}/{r["truth"].get("seed")}' for r in good])
+    term_data: dict[str, tuple[np.ndarray, np.ndarray, int, np.ndarray]] = {}
     st_t = np.array([[s in r["truth"]["findings"]["structures"] for s in STRUCTURES] for r in good])
     st_p = np.array([_sigmoid(r["raw"]["structures"] / temp) >= s_thr for r in good])
+    everyone = np.arange(len(good))
     for j, name in enumerate(STRUCTURES):
-        v = f1_binary(st_t[:, j], st_p[:, j])
-        if not np.isnan(v):
-            terms[f"structure/{name}"] = v
-            support[f"structure/{name}"] = int(st_t[:, j].sum())
+        term_data[f"structure/{name}"] = (st_t[:, j].astype(int), st_p[:, j].astype(int), 0, everyone)
     les_t = np.array([bool(r["truth"]["findings"]["lesion_present"]) for r in good])
     les_p = np.array([float(_sigmoid(r["raw"]["lesion"][0] / temp)) >= l_thr for r in good])
-    v = f1_binary(les_t, les_p)
-    if not np.isnan(v):
-        terms["lesion"] = v
-        support["lesion"] = int(les_t.sum())
+    term_data["lesion"] = (les_t.astype(int), les_p.astype(int), 0, everyone)
     lesion_rows = [r for r in good if r["truth"]["findings"]["lesion_present"]]
     for role, key, names in (("echogenicity", "echogenicity", ECHOGENICITY), ("margins", "margins", MARGINS),
                              ("location", "location", LOCATIONS)):
-        yt = [names.index(r["truth"]["findings"][key]) for r in lesion_rows if r["truth"]["findings"][key] in names]
-        yp = [int(np.argmax(_attribute_probs(r, role))) for r in lesion_rows if r["truth"]["findings"][key] in names]
-        if yt:
-            terms[key] = macro_f1_multiclass(yt, yp, len(names))
-            support[key] = len(yt)
+        idx = np.array([i for i, r in enumerate(good) if r["truth"]["findings"]["lesion_present"]
+                        and r["truth"]["findings"][key] in names], dtype=int)
+        yt = np.array([names.index(good[i]["truth"]["findings"][key]) for i in idx], dtype=int)
+        yp = np.array([int(np.argmax(_attribute_probs(good[i], role))) for i in idx], dtype=int)
+        term_data[key] = (yt, yp, len(names), idx)
+    terms = {k: v for k, v in ((k, _term_f1(t, p_, n)) for k, (t, p_, n, _) in term_data.items()) if not np.isnan(v)}
+    # positive frames behind each term (lesion frames for the attributes)
+    support = {k: int(term_data[k][0].sum()) if term_data[k][2] == 0 else len(term_data[k][0]) for k in terms}
+    supported = [k for k in terms if support[k] >= MIN_TERM_SUPPORT]
     errs, measured = [], []
     for r in lesion_rows:
         size = r["truth"]["findings"]["size_mm"]
@@ -195,6 +236,11 @@ def interpreter_metrics(out: dict) -> dict:
         measured.append(measurement is not None)
     res.update({
         "findings_macro_f1": round(float(np.mean(list(terms.values()))), 4) if terms else float("nan"),
+        # 95 % interval over held-out patients (bootstrap): how far the figure can be trusted
+        "findings_macro_f1_ci95": _bootstrap_macro_f1(term_data, patient),
+        # the mean over the terms with at least MIN_TERM_SUPPORT positive frames, and the terms left out
+        "findings_macro_f1_supported": round(float(np.mean([terms[k] for k in supported])), 4) if supported else float("nan"),
+        "terms_below_support": {k: support[k] for k in terms if k not in supported},
         "size_mae_mm": round(float(np.mean(errs)), 3) if errs else float("nan"),
         # sizes measured on the lesion mask (the rest: the regressed size), and their error
         "size_measured_fraction": round(float(np.mean(measured)), 3) if measured else float("nan"),
@@ -320,6 +366,8 @@ def closed_loop(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, max_moves: int =
     final = {k: np.array([r["final"][k] for r in results]) for k in ERROR_NAMES}
     return {
         "closed_loop_success": round(float(succ.mean()), 4),
+        # 95 % Wilson interval: what the number of episodes allows one to say
+        "closed_loop_success_ci95": wilson_interval(int(succ.sum()), len(results)),
         "median_moves": float(np.median(moves[succ])) if succ.any() else float("nan"),
         "episodes": len(results),
         "success_by_preset": {p: round(float(succ[[r["preset"] == p for r in results]].mean()), 3) for p in presets},
@@ -461,7 +509,8 @@ def evaluate(engines: Path | None = None, *, quick: bool = False, backend: str =
         paced = closed_loop(heads, loop_seeds, desc="closed loop (paced)", paced=PacedOperator())
         result["guidance"] = {"top1": fm["guidance"]["top1"], **cl, "top1_by_action": fm["guidance"]["top1_by_action"],
                               # the same starts, the operator reading the smoothed hints, a move every 0.5 s
-                              "closed_loop_paced": {k: paced[k] for k in ("closed_loop_success", "success_by_preset", "median_moves")},
+                              "closed_loop_paced": {k: paced[k] for k in ("closed_loop_success", "closed_loop_success_ci95", "success_by_preset",
+                                                                      "median_moves")},
                               # share of views on which the hints say hold: right at the target, wrong when off
                               "hold_said": hold_decisions(heads, list(EVAL_SEEDS)[2000 : 2000 + size.loop_seeds]),
                               # the same starts driven by the simulator's expert: the task is solvable in 40 moves
@@ -490,17 +539,28 @@ def evaluate(engines: Path | None = None, *, quick: bool = False, backend: str =
     return result
 
 
+def _interval(ci) -> str:
+    return f"{ci[0]}-{ci[1]}" if ci else "n/a"
+
+
+def _fmt_support(terms) -> str:
+    return ", ".join(f"{k} ({n} positive)" for k, n in terms.items()) if terms else "none"
+
+
 def summary_lines(r: dict) -> list[str]:
     q, g, i = r.get("quality", {}), r.get("guidance", {}), r.get("interpreter", {})
     lines = [
         f"quality:     spearman {q.get('spearman')}  auroc {q.get('auroc')}  reasons macro-F1 {q.get('reasons_macro_f1')}",
         f"guidance:    top-1 {g.get('top1')}  closed-loop success {g.get('closed_loop_success')} "
+        f"(95 % CI {_interval(g.get('closed_loop_success_ci95'))}) "
         f"({g.get('episodes')} episodes, median {g.get('median_moves')} moves; "
         f"following the smoothed hints, a move every 0.5 s: {(g.get('closed_loop_paced') or {}).get('closed_loop_success')})",
         f"every pose component within tolerance at the end (diagnostic, the test until 2026-11-30): {g.get('pose_reached')} of the episodes",
         "hints say hold: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in (g.get("hold_said") or {}).items()
                                        if not isinstance(v, dict) and k != "views_each"),
-        f"interpreter: findings macro-F1 {i.get('findings_macro_f1')}  size MAE {i.get('size_mae_mm')} mm  "
+        f"interpreter: findings macro-F1 {i.get('findings_macro_f1')} (95 % CI {_interval(i.get('findings_macro_f1_ci95'))}; "
+        f"{i.get('findings_macro_f1_supported')} over the terms with {MIN_TERM_SUPPORT}+ positive frames, leaving out "
+        f"{_fmt_support(i.get('terms_below_support'))})  size MAE {i.get('size_mae_mm')} mm  "
         f"abstains on {i.get('abstain_correct')} of low-quality frames",
     ]
     for head, v in (r.get("int8") or {}).items():
