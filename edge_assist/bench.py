@@ -490,6 +490,11 @@ def run_scenario(sc: Scenario, args, manifest, cache: _Cache) -> list[tuple[dict
                      f"{100 * ((r.get('prime') or {}).get('share') or 0):.0f} % primed, "
                      f"{100 * ((r.get('capture_inline') or {}).get('inline_share') or 0):.0f} % inline), "
                      f"others' CPU {r['cpu']['others_cores']} cores")
+                drift = r.get("limit_drift") or {}
+                if drift.get("warn"):
+                    _log(f"{run_id}: the machine's speed moved during the run: bare quality + guidance p50 "
+                         f"{drift['before_p50']:.2f} ms before the pipeline ran, {drift['after_p50']:.2f} ms after "
+                         f"({100 * drift['change']:+.0f} %); the overhead ratio is uncertain by about as much")
     return out
 
 

@@ -474,6 +474,23 @@ def _bare_runner(head):
     return inner._run, f"{type(inner).__name__}._run"
 
 
+# A bracketing limit whose halves differ by more than this says the machine's
+# speed moved during the run: its overhead ratio is uncertain by about as much.
+LIMIT_DRIFT_WARN = 0.10
+
+
+def limit_drift(before: np.ndarray, after: np.ndarray) -> dict:
+    """How far the bare quality + guidance time moved between the limit's
+    sets taken before the pipeline ran and those after (p50s, ms; `change`
+    = after / before - 1). A VM whose host is busy, or a Jetson that
+    throttles as it warms, changes speed within minutes; both halves are
+    pooled into the limit, and this says how much they disagree."""
+    b, a = float(np.median(before)), float(np.median(after))
+    change = a / b - 1.0 if b > 0 else float("nan")
+    return {"before_p50": round(b, 4), "after_p50": round(a, 4), "change": round(change, 4),
+            "warn": bool(abs(change) > LIMIT_DRIFT_WARN)}
+
+
 def measure_limit(heads, tensor: np.ndarray, *, iterations: int, max_s: float, pace_fps: float = 0.0,
                   on_path: np.ndarray | None = None, warmup: int = 20, earlier: dict | None = None) -> dict:
     """Bare session.run of quality, guidance and interpreter, one after the
@@ -540,6 +557,7 @@ def measure_limit(heads, tensor: np.ndarray, *, iterations: int, max_s: float, p
     cpu_ms = (time.process_time() - cpu0) * 1000
     q, g, it = (np.asarray(a, dtype=np.float64) / 1e6 for a in (q_s, g_s, i_s))
     raw = {"q": q, "g": g, "it": it, "cpu_ms": cpu_ms, "sets_before": 0}
+    drift = limit_drift(earlier["q"] + earlier["g"], q + g) if earlier is not None and len(earlier["q"]) else None
     if earlier is not None:
         q, g, it = (np.concatenate([earlier[k], v]) for k, v in (("q", q), ("g", g), ("it", it)))
         cpu_ms += earlier["cpu_ms"]
@@ -559,6 +577,7 @@ def measure_limit(heads, tensor: np.ndarray, *, iterations: int, max_s: float, p
         "limit_cpu_ms_per_set": round(cpu_ms_per_set, 4),  # process CPU time per set of all three heads
         "limit_pacing": f"one set every {1000 / pace_fps:.2f} ms (paced at {pace_fps:.1f} fps), sleeping in between" if period_ns else "back to back (hot)",
         "limit_sets_before_pipeline": raw["sets_before"],
+        "limit_drift": drift,
         "limit_samples": total,
         "limit_all_samples": q + g + it,
         "limit_raw": raw,

@@ -93,6 +93,9 @@ def _overhead(r: dict) -> str:
     primed = (r.get("prime") or {}).get("share")
     if primed:
         out += f" ⚡{100 * primed:.0f}%"
+    drift = r.get("limit_drift") or {}
+    if drift.get("warn"):
+        out += f" ↕{100 * drift['change']:+.0f}%"
     return out
 
 
@@ -127,7 +130,9 @@ def markdown(doc: dict) -> str:
                  "source for live runs. overhead = e2e p50 / limit p50 (in brackets: e2e p50 − limit p50 in ms; ∥N% = on N % of the "
                  "frames quality and guidance ran at the same time in two threads; the limit still runs them one after the other; "
                  "⚡N% = N % of the frames came after a priming pass that ran the last frame's preprocessing and heads again "
-                 "shortly before it was due, off its path; the limit is not primed). "
+                 "shortly before it was due, off its path; the limit is not primed; ↕N% = the limit's sets after the pipeline "
+                 "ran took N % more (or less) than those before it: the machine's speed moved during the run, and the ratio is "
+                 "uncertain by about as much). "
                  "Naive: every head on every frame, in order, one thread.")
     reps = [r for r in doc["runs"] if r.get("repeats")]
     if reps:

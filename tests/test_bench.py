@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 
+import numpy as np
 import pytest
 
 from edge_assist.bench import available_scenarios, load_scenario
@@ -109,6 +110,10 @@ def test_bench_json_schema_and_consistency(tmp_path, tiny_engines, no_thread_lea
     # paced: the limit's sets bracket the pipeline run, half before it, half after
     assert r["limit_pacing"].startswith("one set every")
     assert 0 < r["limit_sets_before_pipeline"] < lim["n"]
+    drift = r["limit_drift"]  # how far the two halves disagree: the machine's speed moving during the run
+    assert drift["before_p50"] > 0 and drift["after_p50"] > 0
+    assert drift["change"] == pytest.approx(drift["after_p50"] / drift["before_p50"] - 1, abs=2e-3)
+    assert drift["warn"] == (abs(drift["change"]) > 0.10)
     assert "limit_raw" not in r
     assert r["overhead_ratio"] == pytest.approx(r["e2e_ms"]["p50"] / lim["p50"], rel=1e-3)
     heads = r["limit_heads_ms"]
@@ -188,6 +193,7 @@ def test_overload_drops_are_counted_and_latency_bounded(tmp_path, tiny_engines, 
     assert r["baseline"] is None
     assert r["limit_pacing"].startswith("back to back")
     assert r["limit_sets_before_pipeline"] == 0  # overload: measured after the run only (hot)
+    assert r["limit_drift"] is None
 
 
 def test_replay_source_clock_and_fifo():
@@ -287,3 +293,13 @@ def test_repeated_runs_are_judged_on_their_median_not_on_the_run_shown():
     assert not t["overhead_ratio"]["ok"] and t["overhead_ratio"]["value"] == 1.22  # ... the median of three does not
     assert t["overhead_ratio"]["each"] == [1.09, 1.22, 1.25] and t["overhead_ratio"]["basis"] == "median of 3 repeats"
     assert t["e2e_p99_ms"]["ok"] and t["e2e_p99_ms"]["each"] == [2.5, 2.6, 2.4]
+
+
+def test_limit_drift_flags_a_machine_whose_speed_moved():
+    from edge_assist.bench_measure import limit_drift
+
+    steady = limit_drift(np.full(30, 1.0), np.full(30, 1.05))
+    assert steady["change"] == pytest.approx(0.05) and not steady["warn"]
+    slowed = limit_drift(np.full(30, 1.0), np.full(30, 1.3))  # a VM's busy host, a Jetson throttling
+    assert slowed["warn"] and slowed["before_p50"] == 1.0 and slowed["after_p50"] == 1.3
+    assert limit_drift(np.full(30, 1.2), np.full(30, 1.0))["warn"]  # faster after counts too
