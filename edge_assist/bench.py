@@ -429,6 +429,8 @@ def run_one(sc: Scenario, cfg: dict, manifest, cache: _Cache, run_id: str) -> tu
 
 
 def run_scenario(sc: Scenario, args, manifest, cache: _Cache) -> list[tuple[dict, dict]]:
+    from edge_assist.bench_report import evaluate_targets_over_repeats
+
     cfg0 = copy.deepcopy(sc.cfg)
     for k in ("precision", "threads", "device", "duration_s", "warmup_s", "repeat"):
         v = getattr(args, k, None)
@@ -440,8 +442,6 @@ def run_scenario(sc: Scenario, args, manifest, cache: _Cache) -> list[tuple[dict
         cfg0["fps"] = args.fps
     if args.no_baseline:
         cfg0["baseline"] = False
-    from edge_assist.bench_report import evaluate_targets_over_repeats
-
     backends = args.backend.split(",") if args.backend else [cfg0["backend"]]
     variants = sc.variants or [{}]
     out = []
