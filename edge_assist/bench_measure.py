@@ -556,12 +556,13 @@ def measure_limit(heads, tensor: np.ndarray, *, iterations: int, max_s: float, p
             break
     cpu_ms = (time.process_time() - cpu0) * 1000
     q, g, it = (np.asarray(a, dtype=np.float64) / 1e6 for a in (q_s, g_s, i_s))
-    raw = {"q": q, "g": g, "it": it, "cpu_ms": cpu_ms, "sets_before": 0}
-    drift = limit_drift(earlier["q"] + earlier["g"], q + g) if earlier is not None and len(earlier["q"]) else None
-    if earlier is not None:
+    raw = {"q": q, "g": g, "it": it, "cpu_ms": cpu_ms}  # this call's own sets: another call's `earlier`
+    sets_before, drift = 0, None
+    if earlier is not None and len(earlier["q"]):
+        sets_before = len(earlier["q"])
+        drift = limit_drift(earlier["q"] + earlier["g"], q + g)
         q, g, it = (np.concatenate([earlier[k], v]) for k, v in (("q", q), ("g", g), ("it", it)))
         cpu_ms += earlier["cpu_ms"]
-        raw["sets_before"] = len(earlier["q"])
     cpu_ms_per_set = cpu_ms / max(1, len(q))
     if on_path is None or len(on_path) == 0:
         path = np.zeros(len(q), dtype=bool)
@@ -576,7 +577,7 @@ def measure_limit(heads, tensor: np.ndarray, *, iterations: int, max_s: float, p
         "limit_method": method,
         "limit_cpu_ms_per_set": round(cpu_ms_per_set, 4),  # process CPU time per set of all three heads
         "limit_pacing": f"one set every {1000 / pace_fps:.2f} ms (paced at {pace_fps:.1f} fps), sleeping in between" if period_ns else "back to back (hot)",
-        "limit_sets_before_pipeline": raw["sets_before"],
+        "limit_sets_before_pipeline": sets_before,
         "limit_drift": drift,
         "limit_samples": total,
         "limit_all_samples": q + g + it,

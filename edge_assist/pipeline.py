@@ -595,19 +595,19 @@ class Pipeline:
                 t_read = time.monotonic_ns()
                 read_cpu_ns = time.thread_time_ns() - cpu0 if self.inline_capture else 0
                 self.frames_in += 1
+                go_on = True
                 if self._inline_now() and self.slot.claim():
                     try:
                         go_on = self._handle(frame, t_read, inline=True)
                     finally:
                         self.slot.release()
-                    self._note_read(read_cpu_ns)  # off the frame's path: it decides for the next frames
-                    if not go_on:
-                        self.stop()
-                        return
-                    continue
-                self.slot.put(frame)
+                else:
+                    self.slot.put(frame)
                 if self.inline_capture:
-                    self._note_read(read_cpu_ns)
+                    self._note_read(read_cpu_ns)  # off the frame's path: it decides for the next frames
+                if not go_on:
+                    self.stop()
+                    return
                 if self.every_frame and self.max_frames and self.frames_in >= self.max_frames:
                     return
         except BaseException as exc:
@@ -912,10 +912,11 @@ class Pipeline:
             "interpreter_always": self.interpreter_always,
             "heads_parallel": self.parallel_heads,
             "heads_mode": self.heads_mode,
-            "heads_parallel_share": self.frames_heads_parallel / counted if self.frames_processed > self.warmup_frames else 0.0,
+            # the counters below count only frames after the warm-up: 0 while none are
+            "heads_parallel_share": self.frames_heads_parallel / counted,
             "prime": self._prime_summary(counted),
             "capture": {"inline": self.inline_capture,
-                        "inline_share": self.frames_inline / counted if self.frames_processed > self.warmup_frames else 0.0},
+                        "inline_share": self.frames_inline / counted},
         }
 
     def _prime_summary(self, counted: int) -> dict:
@@ -923,6 +924,6 @@ class Pipeline:
         out = {"mode": self.prime_mode, "share": 0.0, "passes": 0, "collisions": 0, "lead_ms": None, "pass_ms": None}
         if pr is not None:
             out.update(pass_ms=round(sorted(pr.pass_ms)[len(pr.pass_ms) // 2], 3) if pr.pass_ms else None,
-                       share=self.frames_primed / counted if self.frames_processed > self.warmup_frames else 0.0,
+                       share=self.frames_primed / counted,
                        passes=pr.passes, collisions=pr.collisions, lead_ms=round(pr.lead_ns() / 1e6, 3))
         return out
