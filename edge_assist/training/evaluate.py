@@ -162,12 +162,11 @@ def _bootstrap_macro_f1(term_data: dict, patient: np.ndarray, draws: int = BOOTS
     ids, inverse = np.unique(patient, return_inverse=True)
     if len(ids) < 2:
         return [float("nan"), float("nan")]
-    rows_of = [np.flatnonzero(inverse == k) for k in range(len(ids))]
     rng = np.random.default_rng(seed)
     values = []
     for _ in range(draws):
         pick = rng.integers(0, len(ids), len(ids))
-        weight = np.bincount(np.concatenate([rows_of[k] for k in pick]), minlength=len(patient))
+        weight = np.bincount(pick, minlength=len(ids))[inverse]  # each frame counts as often as its patient was drawn
         f1s = []
         for t, p, n, idx in term_data.values():
             w = weight[idx]
