@@ -314,12 +314,16 @@ def test_training_modules_stay_out_of_the_run_time_path():
 
 def test_train_all_tiny_end_to_end(tmp_path):
     """`train all --plan tiny`: data, four trainings, export, gate, INT8, eval."""
+    from dataclasses import replace
+
     from edge_assist.heads import HeadSet
     from edge_assist.manifest import load_manifest
+    from edge_assist.training.common import DEFAULT_SEED
     from edge_assist.training.make_models import PLANS, train_all
 
     out = tmp_path / "engines"
-    result = train_all(out, plan=PLANS["tiny"], work=tmp_path / "run", data_dir=tmp_path / "data",
+    plan = replace(PLANS["tiny"], guidance_seed=7)  # the guidance head's own draw; the rest keeps the run's seed
+    result = train_all(out, plan=plan, work=tmp_path / "run", data_dir=tmp_path / "data",
                        calibration=tmp_path / "calib", workers=1)
     manifest = load_manifest(out)  # hashes verified
     assert set(manifest.heads) == {"quality", "guidance", "interpreter", "lesion"}  # lesion: the second look
@@ -328,9 +332,10 @@ def test_train_all_tiny_end_to_end(tmp_path):
     # the gate is fitted on the validation frames and on more validation patients' (Plan.gate_extra_val_seeds)
     assert raw["heads"]["interpreter"]["abstention_gate"]["n_val"] == (1 + 1) * 3 * 4
     # the quality head trains after the guidance head, on its DAgger trajectories too (Plan.quality_on_dagger)
-    q_data = torch.load(tmp_path / "run" / "quality" / "quality.pt", weights_only=False)["data"]
-    g_data = torch.load(tmp_path / "run" / "guidance-r1" / "guidance.pt", weights_only=False)["data"]
-    assert q_data["n_train"] == g_data["n_train"]
+    q_ck = torch.load(tmp_path / "run" / "quality" / "quality.pt", weights_only=False)
+    g_ck = torch.load(tmp_path / "run" / "guidance-r1" / "guidance.pt", weights_only=False)
+    assert q_ck["data"]["n_train"] == g_ck["data"]["n_train"]
+    assert g_ck["run_key"]["seed"] == 7 and q_ck["run_key"]["seed"] == DEFAULT_SEED
     # the teacher and the student train on more patients than the other heads
     assert "of 3 patients per preset" in raw["data"]["interpreter_frames"]
     assert "int8" in raw and set(raw["int8"]["heads"]) == {"quality", "guidance", "interpreter"}

@@ -74,6 +74,9 @@ class Plan:
     # Validation patients per preset beyond val_seeds whose scenario frames only fit the abstention gate
     # (720 frames had ~2 poor frames above the gate at 0.5 % leak: the gate moved 0.68 -> 0.66 with noise).
     gate_extra_val_seeds: int = 60
+    # The guidance head's own seed (its initialisation, batches and DAgger draws); None: the run's seed.
+    # One training draw moves the closed loop by several points (docs/TRAINING.md).
+    guidance_seed: int | None = None
     dagger_beta: float = 0.3  # later rounds: probability the expert's move is executed instead of the policy's
     max_moves: int = 40
     quality_epochs: int = 6
@@ -591,7 +594,8 @@ def train_all(out: Path, *, plan: Plan = PLANS["full"], work: Path = Path("data/
     stage("data", t0)
 
     t0 = time.perf_counter()
-    g_ckpt, g_train = train_guidance_dagger(roll_tr, frames_tr, roll_va, tr_seeds, plan, work, data_dir, seed=seed, resume=resume,
+    g_ckpt, g_train = train_guidance_dagger(roll_tr, frames_tr, roll_va, tr_seeds, plan, work, data_dir,
+                                            seed=seed if plan.guidance_seed is None else plan.guidance_seed, resume=resume,
                                             workers=workers)
     n_guidance = len(g_train)
     stage("guidance", t0)
