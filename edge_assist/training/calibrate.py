@@ -177,7 +177,7 @@ def calibrate(engines: Path, calibration_dir: Path, *, val_seeds: int = 12, fram
         log(f"calibrate: {out} ({out.stat().st_size / 1e6:.2f} MB, {time.perf_counter() - t0:.1f} s)")
         cand[name] = out
     # Score FP32 and all INT8 candidates on validation patients, through the run-time path.
-    size = EvalSize(frame_seeds=val_seeds, frames_per_seed=frames_per_seed, loop_seeds=0, latency_iters=0, real_frames=0)
+    size = EvalSize(frame_seeds=val_seeds, frames_per_seed=frames_per_seed, loop_seeds=0, latency_iters=0, real_frames=0, hold_seeds=0)
     frames = held_out_frames(size, seeds=VAL_SEEDS)
     with HeadSet(manifest, precision="fp32") as h:
         m32 = frame_metrics(h, frames, "calibrate: fp32")

@@ -56,14 +56,14 @@ class EvalSize:
     loop_seeds: int  # patients per preset for the closed loop (one episode each)
     latency_iters: int
     real_frames: int  # frames read from each DICOM example
-    hold_seeds: int | None = None  # patients per preset for hold_decisions (None: loop_seeds)
+    hold_seeds: int  # patients per preset for hold_decisions
 
 
 # 210 closed-loop patients per preset (630 episodes): on 210 episodes the same
 # guidance head read 76.7 % and, on 420 other held-out starts, 84.5 %; with
 # 630 the 95 % interval is about ±3 points instead of ±5 (docs/TRAINING.md).
 FULL = EvalSize(frame_seeds=60, frames_per_seed=10, loop_seeds=210, latency_iters=300, real_frames=8, hold_seeds=70)
-QUICK = EvalSize(frame_seeds=2, frames_per_seed=4, loop_seeds=2, latency_iters=60, real_frames=3)
+QUICK = EvalSize(frame_seeds=2, frames_per_seed=4, loop_seeds=2, latency_iters=60, real_frames=3, hold_seeds=2)
 RNG_SEED = 777
 
 
@@ -515,7 +515,7 @@ def evaluate(engines: Path | None = None, *, quick: bool = False, backend: str =
                               "closed_loop_paced": {k: paced[k] for k in ("closed_loop_success", "closed_loop_success_ci95", "success_by_preset",
                                                                       "median_moves")},
                               # share of views on which the hints say hold: right at the target, wrong when off
-                              "hold_said": hold_decisions(heads, list(EVAL_SEEDS)[2000 : 2000 + (size.loop_seeds if size.hold_seeds is None else size.hold_seeds)]),
+                              "hold_said": hold_decisions(heads, list(EVAL_SEEDS)[2000 : 2000 + size.hold_seeds]),
                               # the same starts driven by the simulator's expert: the task is solvable in 40 moves
                               "expert_closed_loop_success": round(expert_closed_loop(loop_seeds), 4)}
         result["interpreter"] = fm["interpreter"]
