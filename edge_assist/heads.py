@@ -158,6 +158,15 @@ def decode_lesion(spec: HeadSpec, out: dict[str, np.ndarray], box: CropBox, regi
     return LesionLook(echo, margins, size_mm, outline, location)
 
 
+def structure_thresholds(decode: dict, names) -> list[float]:
+    """The interpreter's threshold for each structure of `names`: the manifest's
+    decode.structure_thresholds where it fits one per structure, else
+    decode.structure_threshold (0.5)."""
+    shared = float(decode.get("structure_threshold", 0.5))
+    own = decode.get("structure_thresholds") or {}
+    return [float(own.get(n, shared)) for n in names]
+
+
 def decode_interpreter(
     spec: HeadSpec,
     out: dict[str, np.ndarray],
@@ -177,7 +186,7 @@ def decode_interpreter(
     lab = spec.labels
     temp = float(spec.decode.get("temperature", 1.0))  # fitted on held-out data (calibration)
     s_probs = _sigmoid(np.asarray(out["structures"], dtype=np.float64).reshape(-1) / temp)
-    structures = [n for n, p in zip(lab["structures"], s_probs) if p >= float(spec.decode.get("structure_threshold", 0.5))]
+    structures = [n for n, p, t in zip(lab["structures"], s_probs, structure_thresholds(spec.decode, lab["structures"])) if p >= t]
     p_lesion = lesion_probability(spec, out)
     lesion = lesion_decided(spec, out)
     size_mm = echo = margins = location = None

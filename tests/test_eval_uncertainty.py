@@ -70,3 +70,12 @@ def test_findings_terms_say_their_support_and_the_macro_its_interval():
     # patient is drawn moves the mean by a whole term, and the interval shows it
     assert lo <= m["findings_macro_f1"] and hi >= m["findings_macro_f1_supported"] - 1e-3
     assert interpreter_metrics(out)["findings_macro_f1_ci95"] == [lo, hi]  # fixed seed: reproducible
+
+
+def test_findings_use_each_structures_own_threshold():
+    out = {"rows": _rows(), "decode": {"temperature": 1.0}, "input_h": 128}
+    assert interpreter_metrics(out)["f1"]["structure/liver"] == 1.0
+    # liver is said at p 0.9: above a threshold of 0.95 it is never reported
+    out["decode"]["structure_thresholds"] = {"liver": 0.95}
+    m = interpreter_metrics(out)
+    assert m["f1"]["structure/liver"] == 0.0 and m["f1"]["structure/kidney"] == 1.0

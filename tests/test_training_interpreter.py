@@ -157,13 +157,54 @@ def test_distillation_lowers_student_loss_and_writes_calibrated_checkpoint(stude
     assert entry["labels"]["structures"] == list(STRUCTURES) and entry["labels"]["locations"] == list(LOCATIONS)
     dec = entry["decode"]
     assert dec["temperature"] > 0 and dec["quality_threshold"] == 0.5
-    assert {"lesion_threshold", "structure_threshold"} <= set(dec)
+    assert {"lesion_threshold", "structure_threshold", "structure_thresholds"} <= set(dec)
+    assert set(dec["structure_thresholds"]) == set(STRUCTURES) and all(0 < t < 1 for t in dec["structure_thresholds"].values())
     m = entry["metrics"]
     assert {"findings_macro_f1", "size_mae_mm", "ece_before", "ece_after", "nll_before", "nll_after"} <= set(m)
     assert m["nll_after"] <= m["nll_before"] + 1e-9
     import json
 
     json.dumps(entry)  # the manifest is JSON
+
+
+def _logits_for(p: np.ndarray) -> np.ndarray:
+    return np.log(p / (1 - p))
+
+
+def test_structure_thresholds_fit_where_the_shared_one_is_wrong_and_only_on_enough_positives():
+    from edge_assist.training.interpreter import MIN_THRESHOLD_POSITIVES, STRUCTURE_THRESHOLD, evaluate_outputs, tune_structure_thresholds
+
+    rng = np.random.default_rng(0)
+    n = 400
+    data = make_synthetic(n, seed=3, size=32)
+    st = np.zeros((n, len(STRUCTURES)), np.float32)
+    probs = np.full((n, len(STRUCTURES)), 0.05)
+    gb, liver, heart = (STRUCTURES.index(s) for s in ("gallbladder", "liver", "heart"))
+    # gallbladder: positives at p 0.75-1.0, a fifth of the negatives at 0.5-0.7 (half-learnt)
+    st[:80, gb] = 1
+    probs[:80, gb] = rng.uniform(0.75, 1.0, 80)
+    probs[80:160, gb] = rng.uniform(0.5, 0.7, 80)
+    # liver: cleanly separated at 0.5
+    st[:200, liver] = 1
+    probs[:200, liver] = 0.9
+    # heart: the same confusion, but too few positives to fit a threshold on
+    k = MIN_THRESHOLD_POSITIVES - 1
+    st[:k, heart] = 1
+    probs[:k, heart] = 0.9
+    probs[k : k + 40, heart] = 0.6
+    data.structures[:] = st
+    out = {"structure_logits": _logits_for(probs)}
+    thr = tune_structure_thresholds(out, data)
+    assert 0.7 <= thr["gallbladder"] <= 0.75
+    assert thr["liver"] == thr["heart"] == thr["rib"] == STRUCTURE_THRESHOLD
+    shared = evaluate_outputs({**out, **_other_outputs(n)}, data)["f1"]["structure/gallbladder"]
+    own = evaluate_outputs({**out, **_other_outputs(n)}, data, structure_threshold=thr)["f1"]["structure/gallbladder"]
+    assert shared == pytest.approx(2 * 80 / (2 * 80 + 80), abs=1e-4) and own == 1.0  # 80 false positives at 0.5, none at its own
+
+
+def _other_outputs(n: int) -> dict:
+    return {"lesion_logit": np.zeros((n, 1)), "lesion_size": np.zeros((n, 1)), "echo_logits": np.zeros((n, len(ECHOGENICITY))),
+            "margin_logits": np.zeros((n, len(MARGINS))), "location_logits": np.zeros((n, len(LOCATIONS)))}
 
 
 def test_load_student_outputs_in_order(student_ckpt, toy):
@@ -261,6 +302,14 @@ def test_exported_student_decodes_through_the_run_time(student_ckpt, toy, tmp_pa
     assert ("lesion seen" in res.text) != res.findings.lesion_present
     poor = QualityResult(score=0.2, reasons=["noise"], reason_probs={})
     assert decode_interpreter(spec, out, frame_index=8, quality=poor, mm_per_px=None, input_hw=(128, 128)).abstained
+    # a structure's own threshold (decode.structure_thresholds) decides it, not the shared one
+    p = 1 / (1 + np.exp(-np.asarray(out["structures"], np.float64).reshape(-1) / entry["decode"]["temperature"]))
+    names = entry["labels"]["structures"]
+    for above in (True, False):
+        own = {n: (float(q) - 1e-6 if above else float(q) + 1e-6) for n, q in zip(names, p)}
+        spec.decode["structure_thresholds"] = own
+        said = decode_interpreter(spec, out, frame_index=9, quality=good, mm_per_px=None, input_hw=(128, 128)).findings.structures
+        assert said == (names if above else [])
 
 
 # -- lesion mask: a segmenting student measures lesions --------------------------------

@@ -31,7 +31,7 @@ import numpy as np
 
 from edge_assist.frames import Frame
 from edge_assist.guidance_memory import GuidanceFeed, memory_inputs
-from edge_assist.heads import HeadSet, lesion_decided
+from edge_assist.heads import HeadSet, lesion_decided, structure_thresholds
 from edge_assist.hints import HintSmoother, MoveTrail, SmoothingConfig, hold_only_when_due, no_revisit
 from edge_assist.lesion_measure import lesion_size_frac
 from edge_assist.manifest import load_manifest
@@ -198,13 +198,13 @@ def interpreter_metrics(out: dict) -> dict:
         return res
     dec = out["decode"]
     temp = float(dec.get("temperature", 1.0))
-    s_thr = float(dec.get("structure_threshold", 0.5))
     l_thr = float(dec.get("lesion_threshold", 0.5))
     # Each term of the macro-F1: its truth and prediction per frame (class
     # indices; binary terms 0/1), the number of classes (0: binary), and which frames.
     patient = np.array([f'{r["truth"].get("preset")}/{r["truth"].get("seed")}' for r in good])
     term_data: dict[str, tuple[np.ndarray, np.ndarray, int, np.ndarray]] = {}
     st_t = np.array([[s in r["truth"]["findings"]["structures"] for s in STRUCTURES] for r in good])
+    s_thr = np.array(structure_thresholds(dec, STRUCTURES))
     st_p = np.array([_sigmoid(r["raw"]["structures"] / temp) >= s_thr for r in good])
     everyone = np.arange(len(good))
     for j, name in enumerate(STRUCTURES):

@@ -555,15 +555,54 @@ def tune_lesion_threshold(outputs: dict[str, np.ndarray], data: ArrayDataset, id
     return float(best) if score(best) >= base + min_gain else LESION_THRESHOLD
 
 
+# A structure's own threshold is fitted only on this many positive frames or more
+# (the gallbladder had 12 in the student's validation frames, 81 in train_all's larger set).
+MIN_THRESHOLD_POSITIVES = 20
+
+
+def tune_structure_thresholds(outputs: dict[str, np.ndarray], data: ArrayDataset, idx: np.ndarray | None = None, *,
+                              temperature: float = 1.0, grid=np.round(np.arange(0.3, 0.801, 0.05), 2),
+                              min_gain: float = 0.01) -> dict[str, float]:
+    """One p(structure) threshold per structure (after temperature): the one with
+    the best F1 on held-out frames where it beats STRUCTURE_THRESHOLD by
+    min_gain and the structure has MIN_THRESHOLD_POSITIVES positives or more;
+    else STRUCTURE_THRESHOLD. A structure the student half-learns (the
+    gallbladder: many negatives at p 0.5-0.7) otherwise reports false positives
+    at the shared 0.5."""
+    idx = np.arange(len(data)) if idx is None else np.asarray(idx)
+    st = data.structures[idx]
+    probs = _sigmoid(np.asarray(outputs["structure_logits"], np.float64) / temperature)
+    thresholds = {}
+    for j, name in enumerate(STRUCTURES):
+        known = ~np.isnan(st[:, j])
+        y, p = st[known, j] > 0.5, probs[known, j]
+        thresholds[name] = STRUCTURE_THRESHOLD
+        if y.sum() < MIN_THRESHOLD_POSITIVES:
+            continue
+        score = lambda t: _f1_binary(y, p >= t) or 0.0  # noqa: E731
+        best = max(grid, key=score)
+        if score(best) >= score(STRUCTURE_THRESHOLD) + min_gain:
+            thresholds[name] = float(best)
+    return thresholds
+
+
+def structure_threshold_array(thresholds: float | dict[str, float]) -> np.ndarray:
+    """(len(STRUCTURES),) thresholds from one shared value or a per-structure dict."""
+    if isinstance(thresholds, dict):
+        return np.array([float(thresholds.get(n, STRUCTURE_THRESHOLD)) for n in STRUCTURES])
+    return np.full(len(STRUCTURES), float(thresholds))
+
+
 def evaluate_outputs(outputs: dict[str, np.ndarray], data: ArrayDataset, idx: np.ndarray | None = None, *,
                      temperature: float = 1.0, lesion_threshold: float = LESION_THRESHOLD,
-                     structure_threshold: float = STRUCTURE_THRESHOLD) -> dict[str, Any]:
+                     structure_threshold: float | dict[str, float] = STRUCTURE_THRESHOLD) -> dict[str, Any]:
     """Findings metrics from raw outputs (numpy, keyed by INTERPRETER_OUTPUTS names;
-    row i belongs to data frame idx[i]). Works for torch and ONNX Runtime outputs."""
+    row i belongs to data frame idx[i]). Works for torch and ONNX Runtime outputs.
+    structure_threshold: one for all, or {structure: threshold}."""
     idx = np.arange(len(data)) if idx is None else np.asarray(idx)
     f1 = {}
     st = data.structures[idx]
-    s_pred = _sigmoid(np.asarray(outputs["structure_logits"], np.float64) / temperature) >= structure_threshold
+    s_pred = _sigmoid(np.asarray(outputs["structure_logits"], np.float64) / temperature) >= structure_threshold_array(structure_threshold)
     for j, name in enumerate(STRUCTURES):
         known = ~np.isnan(st[:, j])
         if known.any():
@@ -616,7 +655,8 @@ def evaluate_student(model: nn.Module, data: ArrayDataset, *, min_quality: float
     t = float(getattr(model, "temperature", 1.0) if temperature is None else temperature)
     out = run_model(model, data.images[idx])
     thr = float(getattr(model, "lesion_threshold", LESION_THRESHOLD))
-    m = evaluate_outputs(out, data, idx, temperature=t, lesion_threshold=thr)  # output row i <-> frame idx[i]
+    m = evaluate_outputs(out, data, idx, temperature=t, lesion_threshold=thr,  # output row i <-> frame idx[i]
+                         structure_threshold=getattr(model, "structure_thresholds", STRUCTURE_THRESHOLD))
     m["ece_uncalibrated"] = nll_and_ece(calibration_terms(out, data, idx), 1.0)[1]
     return m
 
@@ -807,14 +847,16 @@ def train_interpreter(train: ArrayDataset, val: ArrayDataset, teacher_ckpt: Path
     out = run_model(student, val.images[va_idx])
     cal = fit_temperature(out, val, va_idx)
     lesion_thr = tune_lesion_threshold(out, val, va_idx, temperature=cal["temperature"])
-    metrics = evaluate_outputs(out, val, va_idx, temperature=cal["temperature"], lesion_threshold=lesion_thr)
+    s_thr = tune_structure_thresholds(out, val, va_idx, temperature=cal["temperature"])
+    metrics = evaluate_outputs(out, val, va_idx, temperature=cal["temperature"], lesion_threshold=lesion_thr, structure_threshold=s_thr)
     metrics.update({k: v for k, v in cal.items() if k != "temperature"})
     metrics["n_train_frames"] = int(len(tr_idx))
     _log(progress, f"interpreter: temperature {cal['temperature']:.3f} (NLL {cal['nll_before']:.4f} -> {cal['nll_after']:.4f}, "
                    f"ECE {cal['ece_before']:.4f} -> {cal['ece_after']:.4f}); val findings macro-F1 "
                    f"{metrics['findings_macro_f1']:.3f}, size MAE {metrics['size_mae_mm']:.2f} mm")
     save_atomic(state(max(start, epochs), temperature=cal["temperature"], metrics=_jsonable(metrics), complete=True,
-                      decode={"lesion_threshold": lesion_thr, "structure_threshold": STRUCTURE_THRESHOLD}), path)
+                      decode={"lesion_threshold": lesion_thr, "structure_threshold": STRUCTURE_THRESHOLD,
+                              "structure_thresholds": s_thr}), path)
     return path
 
 
@@ -845,6 +887,7 @@ def load_student(ckpt: Path) -> nn.Module:
     model.load_state_dict(ck["student"])
     model.temperature = float(ck.get("temperature") or 1.0)
     model.lesion_threshold = float((ck.get("decode") or {}).get("lesion_threshold", LESION_THRESHOLD))
+    model.structure_thresholds = (ck.get("decode") or {}).get("structure_thresholds") or STRUCTURE_THRESHOLD
     model.eval()
     return model
 
@@ -862,6 +905,9 @@ def interpreter_manifest_entry(ckpt: Path) -> dict:
                    "locations": list(LOCATIONS)},
         "decode": {"temperature": float(ck["temperature"]), "quality_threshold": QUALITY_THRESHOLD,
                    "lesion_threshold": float(dec.get("lesion_threshold", LESION_THRESHOLD)),
-                   "structure_threshold": float(dec.get("structure_threshold", STRUCTURE_THRESHOLD))},
+                   "structure_threshold": float(dec.get("structure_threshold", STRUCTURE_THRESHOLD)),
+                   # each structure's own (train_all refits them on its larger validation set)
+                   "structure_thresholds": {n: float((dec.get("structure_thresholds") or {}).get(n, STRUCTURE_THRESHOLD))
+                                            for n in STRUCTURES}},
         "metrics": _jsonable(ck.get("metrics") or {}),
     }

@@ -32,7 +32,7 @@ from edge_assist.training.common import (
     DEFAULT_SEED, EXAM_PRESETS, TRAIN_SEEDS, VAL_SEEDS, expert_action, log, progress, sim_region,
 )
 from edge_assist.training.data import INPUT_SIZE, MEAN, STD, ArrayDataset, encode_labels, mask_target, normalise
-from edge_assist.vocab import ACTIONS, QUALITY_THRESHOLD
+from edge_assist.vocab import ACTIONS, QUALITY_THRESHOLD, STRUCTURES
 
 CACHE_VERSION = 3  # 3: scenario frames carry lesion masks
 LABEL_KEYS = ("quality", "reasons", "action", "findings")
@@ -483,6 +483,23 @@ def fit_quality_gate(quality_onnx: Path, val: ArrayDataset, *, max_leak: float =
     }
 
 
+def fit_structure_thresholds(interpreter_onnx: Path, val: ArrayDataset, temperature: float) -> dict[str, float]:
+    """Each structure's threshold (interpreter.tune_structure_thresholds) refitted
+    through the exported model on the diagnostic frames of the abstention
+    gate's validation set: four times the student's own validation patients,
+    enough positives to fit the structures it sees least (the gallbladder)."""
+    from edge_assist.training.export import ort_session
+    from edge_assist.training.interpreter import select_frames, tune_structure_thresholds
+
+    sess = ort_session(interpreter_onnx)
+    name = sess.get_inputs()[0].name
+    idx = select_frames(val)
+    x = normalise(val.images[idx])
+    logits = np.concatenate([sess.run(["structure_logits"], {name: x[i : i + 1]})[0] for i in range(len(x))]) if len(idx) else \
+        np.zeros((0, len(STRUCTURES)))
+    return tune_structure_thresholds({"structure_logits": logits}, val, idx, temperature=temperature)
+
+
 def store_evaluation(engines: Path | None, result: dict) -> None:
     """Write the evaluation figures into manifest.json (per head and in
     full) and re-render MODEL_CARD.md."""
@@ -649,8 +666,10 @@ def train_all(out: Path, *, plan: Plan = PLANS["full"], work: Path = Path("data/
     raw = read_manifest_json(out)
     raw["heads"]["interpreter"]["decode"]["quality_threshold"] = gate["gate"]
     raw["heads"]["interpreter"]["abstention_gate"] = gate
+    i_dec = raw["heads"]["interpreter"]["decode"]
+    i_dec["structure_thresholds"] = fit_structure_thresholds(out / raw["heads"]["interpreter"]["file"], gate_frames, i_dec["temperature"])
     write_manifest(out, raw)
-    log(f"interpreter gate: quality >= {gate['gate']} ({gate})")
+    log(f"interpreter gate: quality >= {gate['gate']} ({gate}); structure thresholds {i_dec['structure_thresholds']}")
     stage("export", t0)
 
     t0 = time.perf_counter()
