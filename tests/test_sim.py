@@ -491,8 +491,16 @@ def test_target_view_tolerances_are_the_measured_ones():
     from edge_assist.sim.patient import STEP, TOL, TOLERANCES
     from edge_assist.sim.tolerance import OUT_OF_PLANE, measure_tolerances
 
+    # Measured on the phantoms of 2026-11-30. Since the gallbladder moved within reach of the liver's
+    # target view (2026-12-01) the liver fan measures 5.5 deg; the table keeps 6.0 until the next full
+    # retrain, since it sets the expert's order of corrections, on which the committed models were
+    # trained (the target view itself is judged by view_offset, not by these; sim/README.md).
+    drift = {("liver", "fan"): (6.0, 5.5)}
     for preset in ("liver", "thyroid", "cardiac"):
-        assert measure_tolerances(preset, range(1000, 1012)) == TOLERANCES[preset], preset
+        measured = measure_tolerances(preset, range(1000, 1012))
+        for k, v in measured.items():
+            table, now = drift.get((preset, k), (TOLERANCES[preset][k], TOLERANCES[preset][k]))
+            assert TOLERANCES[preset][k] == table and v == now, (preset, k, v)
         for k in OUT_OF_PLANE:
             assert 0.6 * STEP[k] <= TOLERANCES[preset][k] <= 2 * TOL[k]
     # the measurement itself: no change at the target, more with a larger error
