@@ -78,6 +78,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from edge_assist.heads import structure_thresholds
 from edge_assist.lesion_measure import lesion_size_frac
 from edge_assist.training.common import model_device, seed_everything, to_device, training_device
 from edge_assist.training.data import ArrayDataset, normalise
@@ -587,10 +588,10 @@ def tune_structure_thresholds(outputs: dict[str, np.ndarray], data: ArrayDataset
 
 
 def structure_threshold_array(thresholds: float | dict[str, float]) -> np.ndarray:
-    """(len(STRUCTURES),) thresholds from one shared value or a per-structure dict."""
-    if isinstance(thresholds, dict):
-        return np.array([float(thresholds.get(n, STRUCTURE_THRESHOLD)) for n in STRUCTURES])
-    return np.full(len(STRUCTURES), float(thresholds))
+    """(len(STRUCTURES),) thresholds from one shared value or a per-structure
+    dict, read as the run time reads the manifest's decode."""
+    decode = {"structure_thresholds": thresholds} if isinstance(thresholds, dict) else {"structure_threshold": thresholds}
+    return np.array(structure_thresholds({"structure_threshold": STRUCTURE_THRESHOLD, **decode}, STRUCTURES))
 
 
 def evaluate_outputs(outputs: dict[str, np.ndarray], data: ArrayDataset, idx: np.ndarray | None = None, *,
