@@ -588,10 +588,11 @@ def tune_structure_thresholds(outputs: dict[str, np.ndarray], data: ArrayDataset
 
 
 def structure_threshold_array(thresholds: float | dict[str, float]) -> np.ndarray:
-    """(len(STRUCTURES),) thresholds from one shared value or a per-structure
-    dict, read as the run time reads the manifest's decode."""
-    decode = {"structure_thresholds": thresholds} if isinstance(thresholds, dict) else {"structure_threshold": thresholds}
-    return np.array(structure_thresholds({"structure_threshold": STRUCTURE_THRESHOLD, **decode}, STRUCTURES))
+    """(len(STRUCTURES),) thresholds from one shared value, or from a
+    per-structure dict read as the run time reads the manifest's decode."""
+    if isinstance(thresholds, dict):
+        return np.array(structure_thresholds({"structure_thresholds": thresholds}, STRUCTURES))
+    return np.full(len(STRUCTURES), float(thresholds))
 
 
 def evaluate_outputs(outputs: dict[str, np.ndarray], data: ArrayDataset, idx: np.ndarray | None = None, *,
@@ -908,7 +909,6 @@ def interpreter_manifest_entry(ckpt: Path) -> dict:
                    "lesion_threshold": float(dec.get("lesion_threshold", LESION_THRESHOLD)),
                    "structure_threshold": float(dec.get("structure_threshold", STRUCTURE_THRESHOLD)),
                    # each structure's own (train_all refits them on its larger validation set)
-                   "structure_thresholds": {n: float((dec.get("structure_thresholds") or {}).get(n, STRUCTURE_THRESHOLD))
-                                            for n in STRUCTURES}},
+                   "structure_thresholds": dict(zip(STRUCTURES, structure_thresholds(dec, STRUCTURES)))},
         "metrics": _jsonable(ck.get("metrics") or {}),
     }

@@ -495,8 +495,9 @@ def fit_structure_thresholds(interpreter_onnx: Path, val: ArrayDataset, temperat
     name = sess.get_inputs()[0].name
     idx = select_frames(val)
     x = normalise(val.images[idx])
-    logits = np.concatenate([sess.run(["structure_logits"], {name: x[i : i + 1]})[0] for i in range(len(x))]) if len(idx) else \
-        np.zeros((0, len(STRUCTURES)))
+    logits = np.zeros((len(idx), len(STRUCTURES)))
+    for i in range(len(idx)):  # the exported model takes one frame at a time
+        logits[i] = sess.run(["structure_logits"], {name: x[i : i + 1]})[0].reshape(-1)
     return tune_structure_thresholds({"structure_logits": logits}, val, idx, temperature=temperature)
 
 
