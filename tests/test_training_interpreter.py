@@ -253,10 +253,10 @@ def test_temperature_fit_fixes_overconfident_logits():
 def test_student_exports_to_onnx_with_ort_parity(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    from edge_assist.training.interpreter import INTERPRETER_OUTPUTS, StudentNet
+    from edge_assist.training.interpreter import DEFAULT_STUDENT, INTERPRETER_OUTPUTS, MASK_OUTPUT, StudentNet
 
     torch.manual_seed(0)
-    model = StudentNet()  # the production size
+    model = StudentNet(**DEFAULT_STUDENT, mask_head=True)  # the production size, its mask decoder's bilinear finish included
     for m in model.modules():  # non-trivial BatchNorm statistics
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.2, 0.2)
@@ -264,10 +264,10 @@ def test_student_exports_to_onnx_with_ort_parity(tmp_path):
     model.eval()
     x = torch.from_numpy(normalise(make_synthetic(2, seed=3).images))
     path = tmp_path / "interpreter.onnx"
-    torch.onnx.export(model, (x[:1],), str(path), input_names=["image"], output_names=list(INTERPRETER_OUTPUTS),
-                      dynamo=True, optimize=True)
+    names = list(INTERPRETER_OUTPUTS) + [MASK_OUTPUT]
+    torch.onnx.export(model, (x[:1],), str(path), input_names=["image"], output_names=names, dynamo=True, optimize=True)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    assert [o.name for o in sess.get_outputs()] == list(INTERPRETER_OUTPUTS)
+    assert [o.name for o in sess.get_outputs()] == names
     for i in range(2):
         got = sess.run(None, {"image": x[i : i + 1].numpy()})
         with torch.no_grad():
@@ -381,3 +381,17 @@ def test_student_with_lesion_masks_segments_and_the_run_time_measures(teacher_ck
     with pytest.raises(ValueError, match="lesion masks"):
         train_interpreter(train, make_synthetic(8, seed=3), teacher_ckpt, tmp_path / "s2", epochs=1, seed=0, progress=False,
                           arch={**TINY_STUDENT, "mask_head": True})
+
+
+def test_mask_decoder_stopping_short_of_the_finest_stage_still_gives_half_resolution():
+    """finest_stage 1 skips the 64x64 merge (the costly conv) and finishes bilinearly to the same shape;
+    a decoder with the default finest_stage keeps the old layout (committed checkpoints load)."""
+    from edge_assist.training.interpreter import MaskDecoder, StudentNet
+
+    stages = [torch.randn(2, c, 64 // 2**k, 64 // 2**k) for k, c in enumerate((16, 32, 64, 128))]
+    short, full = MaskDecoder([16, 32, 64, 128], finest_stage=1), MaskDecoder([16, 32, 64, 128])
+    assert short(stages).shape == full(stages).shape == (2, 1, 64, 64)
+    assert len(short.lateral) == 3 and len(short.merge) == 2 and len(full.lateral) == 4 and len(full.merge) == 3
+    assert set(StudentNet(mask_head=True).state_dict()) >= {"mask.lateral.3.weight", "mask.merge.2.0.weight"}
+    with pytest.raises(ValueError, match="finest_stage"):
+        MaskDecoder([16, 32], finest_stage=2)

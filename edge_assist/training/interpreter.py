@@ -100,7 +100,11 @@ STRUCTURE_THRESHOLD = 0.5
 CKPT_KIND = "edge-assist-interpreter"
 CKPT_VERSION = 1
 
-DEFAULT_STUDENT = {"widths": [16, 32, 64, 128], "depth": [1, 1, 2, 2], "hidden": 192, "input_hw": [128, 128]}
+# No stride-1 conv at 64x64 and a mask decoder that stops at 32x32: the two
+# convs at 64x64 were a fifth of the interpreter's time (3.2 -> 2.4 ms p50 on
+# the 2-core EPYC, docs/TRAINING.md "A faster interpreter").
+DEFAULT_STUDENT = {"widths": [16, 32, 64, 128], "depth": [0, 1, 2, 2], "hidden": 192, "input_hw": [128, 128],
+                   "mask_finest_stage": 1}
 # mask 3: at weight 1 the lesion mask was still learning after 8 epochs (validation mask loss 0.92)
 DEFAULT_LOSS_WEIGHTS = {"gt": 1.0, "kd": 1.0, "embed": 0.5, "mask": 3.0}
 KD_TAU = 2.0
@@ -163,21 +167,33 @@ class FindingHeads(nn.Module):
 class MaskDecoder(nn.Module):
     """Stage features (strides 2, 4, 8, 16) -> lesion-mask logits [B,1,H/2,W/2]:
     upsample the deepest map and add each shallower one (1x1 projections), a
-    3x3 conv after each merge. Nearest-neighbour upsampling: plain ONNX Resize."""
+    3x3 conv after each merge. Nearest-neighbour upsampling: plain ONNX Resize.
 
-    def __init__(self, channels: list[int], width: int = 16):
+    finest_stage > 0 merges only down to that stage and upsamples the logits
+    bilinearly from there to half the input (a 3x3 conv at full decoder
+    width on the finest map is costly; a bilinear logit map still places the
+    edge between cells)."""
+
+    def __init__(self, channels: list[int], width: int = 16, finest_stage: int = 0):
         super().__init__()
-        self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in channels)
-        self.merge = nn.ModuleList(conv_bn_relu(width, width) for _ in channels[:-1])
+        if not 0 <= finest_stage < len(channels):
+            raise ValueError(f"MaskDecoder: finest_stage {finest_stage} outside the {len(channels)} stages")
+        self.finest_stage = int(finest_stage)
+        used = channels[self.finest_stage:]
+        self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in used)
+        self.merge = nn.ModuleList(conv_bn_relu(width, width) for _ in used[:-1])
         self.up = nn.Upsample(scale_factor=2, mode="nearest")
         self.out = nn.Conv2d(width, 1, 1)
+        self.finish = (nn.Upsample(scale_factor=2 ** self.finest_stage, mode="bilinear", align_corners=False)
+                       if self.finest_stage else nn.Identity())
         nn.init.constant_(self.out.bias, -4.0)  # start with "no lesion anywhere"
 
     def forward(self, stages: list[torch.Tensor]) -> torch.Tensor:
+        stages = stages[self.finest_stage:]
         y = self.lateral[-1](stages[-1])
         for k in range(len(stages) - 2, -1, -1):
             y = self.merge[k](self.up(y) + self.lateral[k](stages[k]))
-        return self.out(y)
+        return self.finish(self.out(y))
 
 
 class StudentNet(nn.Module):
@@ -193,7 +209,7 @@ class StudentNet(nn.Module):
     truth at only 0.49. The mask learns from the mask loss only."""
 
     def __init__(self, widths=(16, 32, 64, 128), depth=(1, 1, 2, 2), hidden: int = 192, input_hw=(128, 128),
-                 mask_head: bool = False):
+                 mask_head: bool = False, mask_finest_stage: int = 0):
         super().__init__()
         layers, c, ends = [], 1, []
         for w, d in zip(widths, depth):
@@ -208,7 +224,7 @@ class StudentNet(nn.Module):
         self.pool = SpatialPool(c, rows, cols)
         self.fc = nn.Sequential(nn.Linear(self.pool.out_features, hidden), nn.ReLU(inplace=True))
         self.heads = FindingHeads(hidden)
-        self.mask = MaskDecoder([int(w) for w in widths]) if mask_head else None
+        self.mask = MaskDecoder([int(w) for w in widths], finest_stage=mask_finest_stage) if mask_head else None
         self.input_hw = tuple(int(v) for v in input_hw)
         self.temperature = 1.0  # plain attributes (not exported); load_student sets them
         self.lesion_threshold = LESION_THRESHOLD
