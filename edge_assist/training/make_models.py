@@ -32,7 +32,7 @@ from edge_assist.training.common import (
     DEFAULT_SEED, EXAM_PRESETS, TRAIN_SEEDS, VAL_SEEDS, expert_action, log, progress, sim_region,
 )
 from edge_assist.training.data import INPUT_SIZE, MEAN, STD, ArrayDataset, encode_labels, mask_target, normalise
-from edge_assist.vocab import ACTIONS, QUALITY_THRESHOLD, STRUCTURES
+from edge_assist.vocab import ACTIONS, QUALITY_THRESHOLD
 
 CACHE_VERSION = 3  # 3: scenario frames carry lesion masks
 LABEL_KEYS = ("quality", "reasons", "action", "findings")
@@ -456,18 +456,24 @@ def guidance_targets(ds: ArrayDataset, label_weight: float = 0.6) -> tuple[np.nd
 # -- the abstention gate ---------------------------------------------------------------------------
 
 
+def exported_output(onnx_path: Path, images: np.ndarray, output: str) -> np.ndarray:
+    """One output of an exported head over raw frames [N, H, W], normalised as
+    in training: float64 [N, k]. Frame by frame: the exported models take one."""
+    from edge_assist.training.export import ort_session
+
+    sess = ort_session(onnx_path)
+    name = sess.get_inputs()[0].name
+    x = normalise(images)
+    return np.array([sess.run([output], {name: x[i : i + 1]})[0].reshape(-1) for i in range(len(x))], np.float64).reshape(len(x), -1)
+
+
 def fit_quality_gate(quality_onnx: Path, val: ArrayDataset, *, max_leak: float = 0.004, floor: float = QUALITY_THRESHOLD) -> dict:
     """The interpreter speaks only when the quality score reaches the gate.
     Pick the lowest gate >= the quality threshold at which at most max_leak
     of the validation frames whose truth quality is below the threshold
     would still be interpreted (the target is 1 %: 0.4 % on validation
     leaves room for the estimate's sampling noise)."""
-    from edge_assist.training.export import ort_session
-
-    sess = ort_session(quality_onnx)
-    name = sess.get_inputs()[0].name
-    x = normalise(val.images)
-    score = np.array([float(sess.run(None, {name: x[i : i + 1]})[0].reshape(-1)[0]) for i in range(len(x))])
+    score = exported_output(quality_onnx, val.images, "score")[:, 0]
     m = ~np.isnan(val.quality)
     low, good = (val.quality < QUALITY_THRESHOLD) & m, (val.quality >= QUALITY_THRESHOLD) & m
     gate = floor
@@ -488,16 +494,10 @@ def fit_structure_thresholds(interpreter_onnx: Path, val: ArrayDataset, temperat
     through the exported model on the diagnostic frames of the abstention
     gate's validation set: four times the student's own validation patients,
     enough positives to fit the structures it sees least (the gallbladder)."""
-    from edge_assist.training.export import ort_session
     from edge_assist.training.interpreter import select_frames, tune_structure_thresholds
 
-    sess = ort_session(interpreter_onnx)
-    name = sess.get_inputs()[0].name
     idx = select_frames(val)
-    x = normalise(val.images[idx])
-    logits = np.zeros((len(idx), len(STRUCTURES)))
-    for i in range(len(idx)):  # the exported model takes one frame at a time
-        logits[i] = sess.run(["structure_logits"], {name: x[i : i + 1]})[0].reshape(-1)
+    logits = exported_output(interpreter_onnx, val.images[idx], "structure_logits")
     return tune_structure_thresholds({"structure_logits": logits}, val, idx, temperature=temperature)
 
 
