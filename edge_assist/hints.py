@@ -119,6 +119,72 @@ def no_revisit(g: GuidanceResult, trail: MoveTrail) -> GuidanceResult:
     return GuidanceResult(detour, g.probs[detour], g.probs)
 
 
+BLANK_SCORE = 0.05  # the quality meter below this: the image shows nothing to steer by
+SWEEP_AFTER_MOVES = 4  # BlindSweep: the same slide this many moves, the image blank through the last of them ...
+SWEEP_BACK = 3.0  # ... then the reverse slide for this many times as many moves
+SWEEPS_PER_SPELL = 2  # at most this many sweeps while the image stays blank
+
+
+class BlindSweep:
+    """On a blank image, the guidance head has nothing to steer by and
+    keeps sliding the way it guesses (behind the ribs or lung, or with the
+    target far off), while no_revisit keeps it from coming back: in the
+    closed loop most cardiac failures slid one way to the end of the
+    episode, often away from the window (docs/TRAINING.md, "A sweep back
+    when the image stays blank"). A sonographer who has slid one way for a
+    while and seen nothing goes back past the start to look on the other
+    side. So once the same slide has been made `after` moves in a row and
+    the meter has read blank through the last `after` - 1 of them, the
+    reverse slide is shown for `back` x `after` moves, or until the image
+    comes back; at most `per_spell` times while it stays blank.
+
+    The clock `t` counts moves in the closed loop (one per frame) and
+    seconds in the smoother, with `after` scaled by the time one move
+    takes; the sweep's moves pass no_revisit (they go back on purpose)."""
+
+    def __init__(self, after: float = SWEEP_AFTER_MOVES, back: float = SWEEP_BACK, per_spell: int = SWEEPS_PER_SPELL,
+                 unit: float = 1.0):
+        self.after = float(after) * unit  # in the clock's units
+        self.blank_for = (float(after) - 1.0) * unit
+        self.length = float(back) * float(after) * unit
+        self.per_spell = int(per_spell)
+        self.reset()
+
+    def reset(self) -> None:
+        self._blank_since: float | None = None
+        self._last: str | None = None  # the move shown last, and since when
+        self._last_since = 0.0
+        self._reverse: str | None = None  # the sweep under way, and until when
+        self._until = 0.0
+        self._used = 0
+        self.sweeps = 0  # started since reset (for reports)
+
+    @property
+    def active(self) -> bool:
+        return self._reverse is not None
+
+    def steer(self, proposed: str, score: float, t: float) -> str:
+        """The move to show at clock `t`: `proposed` (what the other rules
+        chose), or the sweep's. Call once per shown move (closed loop) or
+        per frame (smoother); it records what it returns."""
+        if score >= BLANK_SCORE:
+            self._blank_since, self._reverse, self._used = None, None, 0  # the image is back: the head again
+        elif self._blank_since is None:
+            self._blank_since = t
+        if self._reverse is not None and t >= self._until:
+            self._reverse = None
+        if (self._reverse is None and self._blank_since is not None and self._used < self.per_spell
+                and self._last is not None and self._last.startswith("slide_")
+                and t - self._blank_since >= self.blank_for and t - self._last_since >= self.after):
+            self._reverse, self._until = REVERSE_ACTION[self._last], t + self.length
+            self._used += 1
+            self.sweeps += 1
+        action = self._reverse if self._reverse is not None else proposed
+        if action != self._last:
+            self._last, self._last_since = action, t
+        return action
+
+
 @dataclass
 class SmoothingConfig:
     alpha: float = 0.35  # EMA weight of the newest frame
@@ -133,6 +199,9 @@ class SmoothingConfig:
     # 1 s helps an operator making one move every 0.5 s or 1 s alike).
     reversal_detour_s: float = 1.0
     revisit_moves: int = REVISIT_MOVES  # MoveTrail horizon, in shown moves
+    # BlindSweep over time: how long the operator takes for one move (the
+    # sweep's move counts become seconds); None switches the sweep off.
+    sweep_move_s: float | None = 0.5
 
 
 class HintSmoother:
@@ -152,6 +221,12 @@ class HintSmoother:
         self._barred_until_ns = 0
         # The moves shown, each taken as one step the operator made.
         self._trail = MoveTrail(self.cfg.revisit_moves)
+        self._sweep = BlindSweep(unit=self.cfg.sweep_move_s) if self.cfg.sweep_move_s else None
+
+    @property
+    def sweeps(self) -> int:
+        """Sweeps back on a blank image since reset (BlindSweep)."""
+        return self._sweep.sweeps if self._sweep is not None else 0
 
     def _ema(self, old: float | None, new: float) -> float:
         return new if old is None else old + self.cfg.alpha * (new - old)
@@ -168,7 +243,9 @@ class HintSmoother:
         active = sorted(self._reasons_on, key=lambda n: -self._reason_p[n])
         return QualityResult(score=self._score, reasons=active, reason_probs=dict(self._reason_p))
 
-    def guidance(self, g: GuidanceResult, t_ns: int | None = None) -> GuidanceResult:
+    def guidance(self, g: GuidanceResult, t_ns: int | None = None, score: float | None = None) -> GuidanceResult:
+        """The move to show. `score`: the (smoothed) quality meter, for the
+        sweep on a blank image (BlindSweep); without it there is none."""
         t_ns = time.monotonic_ns() if t_ns is None else t_ns
         probs = g.probs or {g.action: g.confidence}
         for name, p in probs.items():
@@ -176,7 +253,10 @@ class HintSmoother:
         if self._barred is not None and t_ns >= self._barred_until_ns:
             self._barred = None
         best = max((a for a in self._action_p if a != self._barred), key=self._action_p.get)
-        if self._action is None:
+        sweep = self._sweep if score is not None else None
+        if sweep is not None and sweep.active:
+            pass  # the sweep shows its move (below); the head's challengers wait
+        elif self._action is None:
             self._action = best
             self._trail.step(best)
         elif best != self._action:
@@ -196,11 +276,18 @@ class HintSmoother:
                 self._trail.step(new)
         else:
             self._challenger, self._challenger_frames = None, 0
-        return GuidanceResult(self._action, self._action_p[self._action], dict(self._action_p))
+        if sweep is not None:
+            shown = sweep.steer(self._action, score, t_ns / 1e9)
+            if shown != self._action:
+                self._action, self._challenger, self._challenger_frames = shown, None, 0
+                self._trail.step(shown)
+        return GuidanceResult(self._action, self._action_p.get(self._action, 0.0), dict(self._action_p))
 
     def hints(self, frame_index, t_capture_ns, q: QualityResult, g: GuidanceResult, interp: InterpreterResult | None) -> Hints:
-        qs, gs = self.quality(q), self.guidance(hold_only_when_due(g, q), t_capture_ns)
-        return Hints(frame_index, t_capture_ns, qs, gs, interp, quality_text(qs), guidance_text(gs, qs))
+        qs = self.quality(q)
+        gs = self.guidance(hold_only_when_due(g, q), t_capture_ns, score=qs.score)
+        sweeping = self._sweep is not None and self._sweep.active
+        return Hints(frame_index, t_capture_ns, qs, gs, interp, quality_text(qs), guidance_text(gs, qs, sweeping))
 
 
 def quality_text(q: QualityResult) -> str:
@@ -211,9 +298,11 @@ def quality_text(q: QualityResult) -> str:
     return "Image quality limited"
 
 
-def guidance_text(g: GuidanceResult, q: QualityResult | None = None) -> str:
+def guidance_text(g: GuidanceResult, q: QualityResult | None = None, sweeping: bool = False) -> str:
     # "Hold" is also the right move while contact is being restored: only call
     # the view good when the quality meter agrees.
     if g.action == "hold" and q is not None and (q.score < GOOD_QUALITY or q.reasons):
         return "Hold position – fix the image first" if q.reasons else "Hold position"
-    return ACTION_TEXT.get(g.action, g.action)
+    text = ACTION_TEXT.get(g.action, g.action)
+    # Say why the arrow turns back (BlindSweep): the operator sees no image either.
+    return f"Nothing in view – go back: {text[0].lower()}{text[1:]}" if sweeping else text

@@ -1,5 +1,5 @@
 from edge_assist.frames import GuidanceResult, QualityResult
-from edge_assist.hints import (HintSmoother, MoveTrail, SmoothingConfig, detour_move, guidance_text, hold_only_when_due,
+from edge_assist.hints import (BlindSweep, HintSmoother, MoveTrail, SmoothingConfig, detour_move, guidance_text, hold_only_when_due,
                                no_revisit, quality_text)
 from edge_assist.vocab import ACTIONS, REVERSE_ACTION
 
@@ -151,3 +151,73 @@ def test_smoother_does_not_lead_round_a_square():
         t += 16_000_000
         seen.append(s.guidance(closing, t).action)
     assert "slide_left" not in seen and seen[-1] == "fan_away"  # the square is not closed
+
+
+def sweep_run(moves, scores, **kw):
+    """The moves BlindSweep shows (move clock) for the head's proposals and the meter's scores."""
+    sweep = BlindSweep(**kw)
+    return [sweep.steer(m, s, t) for t, (m, s) in enumerate(zip(moves, scores))], sweep
+
+
+def test_blind_sweep_goes_back_after_sliding_one_way_on_a_blank_image():
+    shown, sweep = sweep_run(["slide_head"] * 30, [0.0] * 30, after=4, back=3.0, per_spell=1)
+    assert shown[:4] == ["slide_head"] * 4  # the head's guess first
+    assert shown[4:16] == ["slide_feet"] * 12  # then back past the start: 3 x the way out
+    assert shown[16:] == ["slide_head"] * 14  # one sweep per blank spell here: the head again
+    assert sweep.sweeps == 1
+
+
+def test_blind_sweep_stops_when_the_image_comes_back():
+    scores = [0.0] * 6 + [0.3] * 4
+    shown, _ = sweep_run(["slide_left"] * 10, scores)
+    assert shown[4:6] == ["slide_right"] * 2
+    assert shown[6:] == ["slide_left"] * 4  # something to steer by again: the head's move
+
+
+def test_blind_sweep_only_on_blank_images_and_repeated_slides():
+    assert sweep_run(["slide_head"] * 12, [0.2] * 12)[0] == ["slide_head"] * 12  # the image shows something
+    fans = sweep_run(["fan_away"] * 12, [0.0] * 12)[0]
+    assert fans == ["fan_away"] * 12  # only slides are swept
+    mixed = ["slide_head", "slide_left"] * 6
+    assert sweep_run(mixed, [0.0] * 12)[0] == mixed  # no one way to go back along
+    # the image went blank only at the last of four slides: not yet
+    assert sweep_run(["slide_head"] * 5, [0.5, 0.5, 0.5, 0.0, 0.0])[0] == ["slide_head"] * 5
+
+
+def test_blind_sweep_budget_is_per_blank_spell():
+    # two sweeps (back, then forth again), then the head's moves while the image stays blank
+    shown, sweep = sweep_run(["slide_head"] * 40, [0.0] * 40, after=4, back=3.0)
+    assert shown[4:16] == ["slide_feet"] * 12 and shown[16:28] == ["slide_head"] * 12
+    assert sweep.sweeps == 2 and shown[28:] == ["slide_head"] * 12
+    # a view in between gives the next blank spell its own sweeps
+    scores = [0.0] * 10 + [0.4] + [0.0] * 10
+    shown, sweep = sweep_run(["slide_head"] * 21, scores, after=4, back=1.0, per_spell=1)
+    assert shown[4:8] == ["slide_feet"] * 4 and shown[14:18] == ["slide_feet"] * 4  # blank through 3 moves again
+    assert sweep.sweeps == 2
+
+
+def test_smoother_sweeps_back_over_time_on_a_blank_image():
+    s = HintSmoother(SmoothingConfig(sweep_move_s=0.5))
+    blank = QualityResult(0.0, ["shadowing"], {"shadowing": 0.9})
+    head = GuidanceResult("slide_head", 0.7, {"slide_head": 0.7, "slide_feet": 0.1, "depth_up": 0.2})
+    shown = [s.hints(i, int(i * 1e9 / 30), blank, head, None).guidance.action for i in range(300)]  # 10 s at 30 fps
+    first_back = shown.index("slide_feet")
+    assert 55 <= first_back <= 65  # the same slide for 2 s (4 moves of 0.5 s)
+    assert shown[first_back:first_back + 175] == ["slide_feet"] * 175  # for about 6 s (12 moves)
+    assert s.sweeps >= 1
+    # a readable image: the head's move throughout, and no sweep without the meter
+    s2 = HintSmoother()
+    fair = QualityResult(0.4, [], {})
+    assert {s2.hints(i, int(i * 1e9 / 30), fair, head, None).guidance.action for i in range(300)} == {"slide_head"}
+    s3 = HintSmoother()
+    assert {s3.guidance(head, int(i * 1e9 / 30)).action for i in range(300)} == {"slide_head"}
+    assert HintSmoother(SmoothingConfig(sweep_move_s=None)).sweeps == 0
+
+
+def test_the_text_says_why_the_arrow_turns_back():
+    s = HintSmoother()
+    blank = QualityResult(0.0, ["shadowing"], {"shadowing": 0.9})
+    head = GuidanceResult("slide_head", 0.7, {"slide_head": 0.7, "slide_feet": 0.1, "depth_up": 0.2})
+    texts = [s.hints(i, int(i * 1e9 / 30), blank, head, None).guidance_text for i in range(90)]
+    assert texts[0] == "Slide across the plane, toward the head side"
+    assert texts[-1] == "Nothing in view – go back: slide across the plane, toward the feet side"

@@ -222,6 +222,8 @@ def test_eval_quick_returns_the_keys_without_torch(tiny_engines_128):
     for run in (g, paced):  # every success rate comes with its 95 % interval
         lo, hi = run["closed_loop_success_ci95"]
         assert 0.0 <= lo <= run["closed_loop_success"] <= hi <= 1.0
+        # episodes in which the hints swept back on a blank image, and how many of them reached the view
+        assert 0 <= run["swept"]["succeeded"] <= run["swept"]["episodes"] <= g["episodes"]
     # the expert reaches the target from the same starts: the task itself is solvable
     assert g["expert_closed_loop_success"] == 1.0
     assert set(r["real_frames"]) >= {"examples_ybr_color", "examples_rgb_color", "examples_palette", "palette_lowest"}

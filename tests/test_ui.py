@@ -18,7 +18,7 @@ pytest.importorskip("pytestqt")
 
 import cv2  # noqa: E402
 from PyQt6.QtCore import QPointF, QRectF, Qt  # noqa: E402
-from PyQt6.QtGui import QColor, QImage, QPainter  # noqa: E402
+from PyQt6.QtGui import QColor, QFontMetricsF, QImage, QPainter  # noqa: E402
 
 from edge_assist.frames import Finding, Frame, GuidanceResult, Hints, InterpreterResult, QualityResult, ScanRegion  # noqa: E402
 from edge_assist.pipeline import FrameResult  # noqa: E402
@@ -607,3 +607,19 @@ def test_build_uri():
     assert build_uri("igtl", "") == "igtl://127.0.0.1:18944"
     assert build_uri("device", "2") == "device:2"
     assert build_uri("dicom", " /a/b.dcm ") == "dicom:/a/b.dcm"
+
+
+def test_a_long_hint_shrinks_to_fit_a_narrow_window(qtbot):
+    ov = OverlayWidget()
+    qtbot.addWidget(ov)
+    ov.resize(760, 560)
+    r = make_result(score=0.0, action="slide_feet", reasons=("shadowing",))
+    g, q = r.hints.guidance, r.hints.quality
+    long_text = guidance_text(g, q, sweeping=True)  # what the hints say while sweeping back on a blank image
+    r.hints = Hints(r.hints.frame_index, r.hints.t_capture_ns, q, g, None, r.hints.quality_text, long_text)
+    ov.set_result(r)
+    ov.grab()
+    text, rect, font = ov.painted["guidance"]
+    assert text == long_text and text.endswith("toward the feet side")
+    assert QFontMetricsF(font).horizontalAdvance(text) <= rect.width()  # all of it shows
+    assert font.pixelSize() < 27  # smaller than the normal hint font at this size

@@ -354,7 +354,11 @@ class OverlayWidget(QWidget):
         d = 92 * s
         f = theme.font(27 * s, bold=True)
         text_w = QFontMetricsF(f).horizontalAdvance(v.guidance_text)
-        inner_w = min(text_w, W - 2 * (d + 80 * s))
+        room = W - 2 * (d + 80 * s)
+        if text_w > room > 0:  # a long hint (e.g. a sweep back) in a narrow window: smaller, not cut off
+            f = theme.font(max(14 * s, math.floor(27 * s * room / text_w)), bold=True)  # floor: rounding up could overflow
+            text_w = QFontMetricsF(f).horizontalAdvance(v.guidance_text)
+        inner_w = min(text_w, room)
         w = 18 * s + d + 22 * s + inner_w + 30 * s
         h = d + 28 * s
         rect = QRectF((W - w) / 2, bottom - h, w, h)
@@ -370,7 +374,9 @@ class OverlayWidget(QWidget):
         draw_glyph(p, v.glyph, gc, d * 0.66, colour, QColor(0, 0, 0, 190))
         painted["glyph"] = (v.glyph, QRectF(gc.x() - d / 2, gc.y() - d / 2, d, d))
         tx = gc.x() + d / 2 + 20 * s
-        self._text(p, QRectF(tx, rect.top() + 14 * s, inner_w + 4 * s, h * 0.5), v.guidance_text, f, colour, Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter, painted)
+        text_rect = QRectF(tx, rect.top() + 14 * s, inner_w + 4 * s, h * 0.5)
+        self._text(p, text_rect, v.guidance_text, f, colour, Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter, painted)
+        painted["guidance"] = (v.guidance_text, text_rect, f)
         sub = "view reached" if v.hold else f"guidance · {v.confidence:.0%} sure"
         self._text(p, QRectF(tx, rect.top() + 14 * s + h * 0.5, inner_w + 4 * s, h * 0.3), sub, theme.font(13 * s), theme.TEXT_DIM, Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop, painted)
 

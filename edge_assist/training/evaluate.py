@@ -32,7 +32,7 @@ import numpy as np
 from edge_assist.frames import Frame
 from edge_assist.guidance_memory import GuidanceFeed, memory_inputs
 from edge_assist.heads import HeadSet, lesion_decided, structure_thresholds
-from edge_assist.hints import HintSmoother, MoveTrail, SmoothingConfig, hold_only_when_due, no_revisit
+from edge_assist.hints import BlindSweep, HintSmoother, MoveTrail, SmoothingConfig, hold_only_when_due, no_revisit
 from edge_assist.lesion_measure import lesion_size_frac
 from edge_assist.manifest import load_manifest
 from edge_assist.training.common import (
@@ -304,8 +304,9 @@ def closed_loop(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, max_moves: int =
     """A simulated operator follows the guidance from a random start, one
     move per frame: the head's move as the hints show it, with 'hold' only
     where the quality head finds the view good or flags lost contact
-    (hints.hold_only_when_due) and never a move that leads back where the
-    last moves have been (hints.no_revisit); no smoothing across frames.
+    (hints.hold_only_when_due), never a move that leads back where the
+    last moves have been (hints.no_revisit), and a sweep back when the image
+    stays blank (hints.BlindSweep); no smoothing across frames.
 
     With `paced`, the operator instead reads the hints as the pipeline shows
     them (hints.HintSmoother: smoothing, hysteresis and the no-revisit detour
@@ -332,7 +333,7 @@ def closed_loop(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, max_moves: int =
         pre.reset()
         stacked = GuidanceFeed(g_frames)  # heads without memory: the last frames stacked
         smoother = HintSmoother(paced.smoothing) if paced else None
-        trail = MoveTrail()
+        trail, sweep = MoveTrail(), BlindSweep()
         reference, last_move = None, None
         moves, success = 0, False
         while True:
@@ -350,6 +351,7 @@ def closed_loop(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, max_moves: int =
             quality = heads.quality(prep.tensor)
             if smoother is None:
                 action = no_revisit(hold_only_when_due(guidance, quality), trail).action
+                action = sweep.steer(action, quality.score, moves)
                 trail.step(action)
             else:
                 for _ in range(paced.frames_per_move):
@@ -361,7 +363,9 @@ def closed_loop(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, max_moves: int =
             reference, last_move = prep.tensor, action
             moves += 1
         pe = vp.pose_error()
+        swept = (smoother.sweeps if smoother is not None else sweep.sweeps) > 0
         results.append({"preset": preset, "seed": seed, "success": success, "pose_reached": within_every_tolerance(vp, truth), "moves": moves,
+                        "swept": swept,
                         "final_error": pe["total"],
                         "final": {k: abs(float(pe[name])) / vp.tol[k] for k, name in ERROR_NAMES.items()}})
     succ = np.array([r["success"] for r in results])
@@ -380,6 +384,9 @@ def closed_loop(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, max_moves: int =
         "final_within_tolerance": {k: round(float((v <= 1.0).mean()), 3) for k, v in final.items()},
         "final_error_median_tol": {k: round(float(np.median(v)), 2) for k, v in final.items()},
         "pose_reached": round(float(np.mean([r["pose_reached"] for r in results])), 4),
+        # episodes in which the hints swept back on a blank image (hints.BlindSweep), and how many of those succeeded
+        "swept": {"episodes": int(sum(r["swept"] for r in results)),
+                  "succeeded": int(sum(r["swept"] and r["success"] for r in results))},
     }
 
 
@@ -513,7 +520,7 @@ def evaluate(engines: Path | None = None, *, quick: bool = False, backend: str =
         result["guidance"] = {"top1": fm["guidance"]["top1"], **cl, "top1_by_action": fm["guidance"]["top1_by_action"],
                               # the same starts, the operator reading the smoothed hints, a move every 0.5 s
                               "closed_loop_paced": {k: paced[k] for k in ("closed_loop_success", "closed_loop_success_ci95", "success_by_preset",
-                                                                      "median_moves")},
+                                                                      "median_moves", "swept")},
                               # share of views on which the hints say hold: right at the target, wrong when off
                               "hold_said": hold_decisions(heads, list(EVAL_SEEDS)[2000 : 2000 + size.hold_seeds]),
                               # the same starts driven by the simulator's expert: the task is solvable in 40 moves
@@ -558,6 +565,8 @@ def summary_lines(r: dict) -> list[str]:
         f"(95 % CI {_interval(g.get('closed_loop_success_ci95'))}) "
         f"({g.get('episodes')} episodes, median {g.get('median_moves')} moves; "
         f"following the smoothed hints, a move every 0.5 s: {(g.get('closed_loop_paced') or {}).get('closed_loop_success')})",
+        f"swept back on a blank image (hints.BlindSweep): {(g.get('swept') or {}).get('episodes')} episodes, "
+        f"{(g.get('swept') or {}).get('succeeded')} of them reached the view",
         f"every pose component within tolerance at the end (diagnostic, the test until 2026-11-30): {g.get('pose_reached')} of the episodes",
         "hints say hold: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in (g.get("hold_said") or {}).items()
                                        if not isinstance(v, dict) and k != "views_each"),
