@@ -252,11 +252,22 @@ class HintSmoother:
             self._action_p[name] = self._ema(self._action_p.get(name), p)
         if self._barred is not None and t_ns >= self._barred_until_ns:
             self._barred = None
-        best = max((a for a in self._action_p if a != self._barred), key=self._action_p.get)
         sweep = self._sweep if score is not None else None
-        if sweep is not None and sweep.active:
-            pass  # the sweep shows its move (below); the head's challengers wait
-        elif self._action is None:
+        if sweep is None or not sweep.active:  # while a sweep runs it shows its move (below); challengers wait
+            self._follow_head(t_ns)
+        if sweep is not None:
+            shown = sweep.steer(self._action, score, t_ns / 1e9)
+            if shown != self._action:
+                self._action, self._challenger, self._challenger_frames = shown, None, 0
+                self._trail.step(shown)
+        return GuidanceResult(self._action, self._action_p.get(self._action, 0.0), dict(self._action_p))
+
+    def _follow_head(self, t_ns: int) -> None:
+        """Hysteresis: switch the shown move to the head's smoothed best once
+        it has led by the margin for enough frames, detouring round a move
+        that leads back where the probe has just been."""
+        best = max((a for a in self._action_p if a != self._barred), key=self._action_p.get)
+        if self._action is None:
             self._action = best
             self._trail.step(best)
         elif best != self._action:
@@ -276,12 +287,6 @@ class HintSmoother:
                 self._trail.step(new)
         else:
             self._challenger, self._challenger_frames = None, 0
-        if sweep is not None:
-            shown = sweep.steer(self._action, score, t_ns / 1e9)
-            if shown != self._action:
-                self._action, self._challenger, self._challenger_frames = shown, None, 0
-                self._trail.step(shown)
-        return GuidanceResult(self._action, self._action_p.get(self._action, 0.0), dict(self._action_p))
 
     def hints(self, frame_index, t_capture_ns, q: QualityResult, g: GuidanceResult, interp: InterpreterResult | None) -> Hints:
         qs = self.quality(q)

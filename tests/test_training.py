@@ -440,3 +440,12 @@ def test_centre_view_labels_move_inside_the_target_view_until_near_its_centre():
     vp.reset_to_target()
     _, truth = vp.render()
     assert expert_action(vp, truth, centre_view=0.0) == "hold"  # no step brings any component closer
+
+
+def test_exported_output_reads_one_output_frame_by_frame_and_copes_with_no_frames(tiny_engines_128):
+    from edge_assist.training.make_models import exported_output
+
+    frames = np.random.default_rng(0).integers(0, 255, size=(3, 128, 128), dtype=np.uint8)
+    score = exported_output(tiny_engines_128 / "quality.onnx", frames, "score")
+    assert score.shape == (3, 1) and score.dtype == np.float64 and np.all((0 <= score) & (score <= 1))
+    assert exported_output(tiny_engines_128 / "quality.onnx", frames[:0], "score").shape == (0, 1)

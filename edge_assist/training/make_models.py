@@ -464,7 +464,11 @@ def exported_output(onnx_path: Path, images: np.ndarray, output: str) -> np.ndar
     sess = ort_session(onnx_path)
     name = sess.get_inputs()[0].name
     x = normalise(images)
-    return np.array([sess.run([output], {name: x[i : i + 1]})[0].reshape(-1) for i in range(len(x))], np.float64).reshape(len(x), -1)
+    rows = [sess.run([output], {name: x[i : i + 1]})[0].reshape(-1) for i in range(len(x))]
+    if rows:
+        return np.stack(rows).astype(np.float64)
+    shape = next(o.shape for o in sess.get_outputs() if o.name == output)  # no frames: [0, k] all the same
+    return np.zeros((0, int(np.prod([d for d in shape[1:] if isinstance(d, int)]))))
 
 
 def fit_quality_gate(quality_onnx: Path, val: ArrayDataset, *, max_leak: float = 0.004, floor: float = QUALITY_THRESHOLD) -> dict:
