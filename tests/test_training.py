@@ -346,7 +346,11 @@ def test_train_all_tiny_end_to_end(tmp_path):
         assert (h.get("int8_file") is not None) == (name in raw["int8"]["heads"] and raw["int8"]["heads"][name]["kept"])
     assert raw["heads"]["lesion"]["input"]["shape"] == [1, 1, 64, 64] and "lesion head" not in raw["data"]["lesion_frames"]
     assert (tmp_path / "calib" / "frames.npz").stat().st_size < 2e6
+    # what each head's epochs cost, from its checkpoints (also when a later run resumes them)
+    assert set(raw["data"]["training_seconds"]) == {"guidance", "quality", "teacher", "interpreter", "lesion"}
+    assert all(v > 0 for v in raw["data"]["training_seconds"].values())
     card = (out / "MODEL_CARD.md").read_text()
+    assert "training_seconds: guidance " in card
     assert "not for diagnosis" in card.lower() or "must not be used for diagnosis" in card
     for head, keys in EVAL_KEYS.items():
         assert keys <= set(result[head])

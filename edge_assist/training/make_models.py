@@ -569,6 +569,20 @@ def train_guidance_dagger(roll_tr: ArrayDataset, frames_tr: ArrayDataset, roll_v
 # -- train all ---------------------------------------------------------------------------------------
 
 
+def training_seconds(ckpts: dict[str, list[Path]]) -> dict[str, float]:
+    """Seconds each head's epochs took, summed from its checkpoints' histories
+    (every DAgger round for guidance), whichever run trained them; rendering
+    and rollouts are not in them. A head without timed epochs is left out."""
+    from edge_assist.training.common import torch_load
+
+    out: dict[str, float] = {}
+    for head, paths in ckpts.items():
+        secs = [e["seconds"] for p in paths if Path(p).is_file() for e in torch_load(Path(p)).get("history", []) if "seconds" in e]
+        if secs:
+            out[head] = round(float(sum(secs)), 1)
+    return out
+
+
 def train_all(out: Path, *, plan: Plan = PLANS["full"], work: Path = Path("data/run"), data_dir: Path = Path("data"),
               calibration: Path = Path("calibration"), seed: int = DEFAULT_SEED, resume: bool = True, workers: int = 2,
               run_eval: bool = True) -> dict:
@@ -694,6 +708,10 @@ def train_all(out: Path, *, plan: Plan = PLANS["full"], work: Path = Path("data/
         times["eval"] = round(time.perf_counter() - t0, 1)
         raw = read_manifest_json(out)
         raw["data"]["build_seconds"] = {**times, "total": round(time.perf_counter() - t_all, 1)}
+        # build_seconds are this run's: a resumed stage shows seconds; the checkpoints keep what training cost
+        raw["data"]["training_seconds"] = training_seconds(
+            {"guidance": [work / f"guidance-r{r}" / "guidance.pt" for r in range(plan.dagger_rounds + 1)], "quality": [q_ckpt],
+             "teacher": [t_ckpt], "interpreter": [i_ckpt]} | ({"lesion": [l_ckpt]} if l_ckpt else {}))
         write_manifest(out, raw)
         store_evaluation(out, result)
         write_json(work / "eval.json", result)
