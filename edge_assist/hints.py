@@ -36,13 +36,19 @@ def hold_only_when_due(g: GuidanceResult, q: QualityResult, threshold: float = G
     other move is shown. Why both: the closed loop's commonest failure was
     a hold just outside the target view, where the meter read 0.75-0.9 and
     the head gave hold about even odds; at the target view the head gives
-    it more (docs/TRAINING.md, "Hold only when sure")."""
-    if g.action != "hold" or not g.probs or any(r in q.reasons for r in CONTACT_REASONS):
+    it more (docs/TRAINING.md, "Hold only when sure").
+
+    Where hold is not due its probability is set to zero even when the head
+    prefers a move, so that no later rule picks it instead: no_revisit's
+    detour round a move that leads back took hold as the next best, and the
+    operator then stood still for good on a view that was not good
+    (docs/TRAINING.md, "A detour is never a hold that is not due")."""
+    if not g.probs or any(r in q.reasons for r in CONTACT_REASONS):
         return g
     if q.score >= threshold and (g.probs.get("hold", 0.0) >= confidence or q.score >= clearly_good):
         return g
     probs = {**g.probs, "hold": 0.0}  # what the smoother averages: hold is not on offer here
-    best = max(probs, key=probs.get)
+    best = g.action if g.action != "hold" else max(probs, key=probs.get)
     return GuidanceResult(best, probs[best], probs)
 
 

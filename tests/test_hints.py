@@ -54,7 +54,9 @@ def test_hold_is_shown_only_on_a_good_view_or_lost_contact():
     assert hold_only_when_due(hold, QualityResult(0.6, [], {})).action == "slide_left"  # diagnostic, but the meter is not in its good band
     assert hold_only_when_due(hold, QualityResult(0.1, ["no_contact"], {})).action == "hold"  # re-seat the probe
     move = GuidanceResult("fan_away", 0.6, {"fan_away": 0.6, "hold": 0.4})
-    assert hold_only_when_due(move, poor) is move
+    kept = hold_only_when_due(move, poor)
+    assert kept.action == "fan_away" and kept.confidence == 0.6 and kept.probs == {"fan_away": 0.6, "hold": 0.0}
+    assert hold_only_when_due(move, QualityResult(0.9, [], {})) is move  # clearly good: hold stays on offer
     # through the smoother: a poor view never shows hold, however sure the head is
     s = HintSmoother(SmoothingConfig(alpha=1.0))
     sure_hold = GuidanceResult("hold", 0.9, {"hold": 0.9, "rotate_cw": 0.1})
@@ -221,3 +223,20 @@ def test_the_text_says_why_the_arrow_turns_back():
     texts = [s.hints(i, int(i * 1e9 / 30), blank, head, None).guidance_text for i in range(90)]
     assert texts[0] == "Slide across the plane, toward the head side"
     assert texts[-1] == "Nothing in view – go back: slide across the plane, toward the feet side"
+
+
+def test_a_detour_is_never_a_hold_that_is_not_due():
+    # The head prefers a move that leads back; hold is its next best. On a view
+    # the meter does not call good, the detour must be a move: a hold there
+    # froze the closed-loop operator for good (docs/TRAINING.md).
+    p = probs(slide_right=0.5, hold=0.3, fan_away=0.15, slide_left=0.05)
+    back = GuidanceResult("slide_right", 0.5, p)
+    trail = trail_of("slide_left")
+    assert no_revisit(hold_only_when_due(back, QualityResult(0.6, [], {})), trail).action == "fan_away"
+    assert no_revisit(hold_only_when_due(back, QualityResult(0.9, [], {})), trail).action == "hold"  # the view is good
+    # the same through the smoother, which detours on its averaged probabilities
+    s = HintSmoother(SmoothingConfig(alpha=1.0, action_min_frames=1, action_margin=0.0))
+    fair = QualityResult(0.6, [], {})
+    first = GuidanceResult("slide_left", 0.6, probs(slide_left=0.6, hold=0.3, fan_away=0.1))
+    assert s.hints(0, 0, fair, first, None).guidance.action == "slide_left"
+    assert all(s.hints(i, i * 16_000_000, fair, back, None).guidance.action != "hold" for i in range(1, 20))
