@@ -126,6 +126,27 @@ def test_fixed_seed_gives_identical_weights(sim_data, tmp_path):
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+def test_channels_last_is_a_separate_run_with_plain_weights(sim_data, tmp_path, monkeypatch):
+    from edge_assist.training.train import load_head, train_guidance
+
+    train, val, roll = sim_data
+    data = concat(roll, train)
+    plain = train_guidance(data, roll, tmp_path, epochs=2, seed=0, batch_size=8)
+    monkeypatch.setenv("EDGE_ASSIST_CHANNELS_LAST", "1")
+    mtime = plain.stat().st_mtime_ns
+    cl = train_guidance(data, roll, tmp_path, epochs=2, seed=0, batch_size=8)  # not taken for the plain run: trained again
+    meta = torch.load(cl, map_location="cpu", weights_only=False)
+    assert cl == plain and cl.stat().st_mtime_ns != mtime and meta["run_key"]["memory_format"] == "channels_last"
+    assert all(t.is_contiguous() for t in meta["state_dict"].values())  # saved, and exported, as plain weights
+    assert _losses(cl)[-1] < _losses(cl)[0]
+    model, _ = load_head(cl)
+    x = torch.zeros(2, 1, 128, 128)
+    assert model(x)[0].shape == (2, 15)
+    monkeypatch.delenv("EDGE_ASSIST_CHANNELS_LAST")
+    again = train_guidance(data, roll, tmp_path, epochs=2, seed=0, batch_size=8)  # back to the default layout: trained again
+    assert "memory_format" not in torch.load(again, map_location="cpu", weights_only=False)["run_key"]
+
+
 def test_export_parity_and_manifest_entry(sim_data, tmp_path):
     from edge_assist.training.export import PARITY_TOL, export_quality_or_guidance, parity, parity_inputs
     from edge_assist.training.models import export_module

@@ -29,7 +29,7 @@ from torch import nn
 
 from edge_assist.training.common import (
     DEFAULT_SEED, TrainingError, auroc, log, macro_f1_multilabel, model_device, progress, seed_everything, set_torch_threads,
-    spearman, torch_load, torch_save,
+    spearman, torch_load, torch_save, training_memory_format,
 )
 from edge_assist.training.data import MEAN, STD, ArrayDataset
 from edge_assist.training.ddp import DistContext, unwrap
@@ -101,9 +101,9 @@ def guidance_loss(out, batch, smoothing: float, pose_weight: float = 0.3) -> tor
 # -- the generic loop ----------------------------------------------------------------------
 
 
-def _batch(ds: ArrayDataset, idx: np.ndarray, extras: dict[str, np.ndarray], device) -> dict:
+def _batch(ds: ArrayDataset, idx: np.ndarray, extras: dict[str, np.ndarray], device, memory_format=torch.contiguous_format) -> dict:
     b = {
-        "x": to_tensor(ds.images[idx]).to(device),
+        "x": to_tensor(ds.images[idx]).to(device).contiguous(memory_format=memory_format),
         "quality": torch.from_numpy(ds.quality[idx]).to(device),
         "reasons": torch.from_numpy(ds.reasons[idx]).to(device),
         "action": torch.from_numpy(ds.action[idx]).to(device),
@@ -175,6 +175,9 @@ def _fit(head, train, val, out_dir, epochs, seed, batch_size, resume, lr, loss_f
     init = torch_load(Path(init_from)) if init_from else None
     run_key = {"head": head, "data": fp, "n_val": len(val), "epochs": epochs, "seed": seed, "batch_size": batch_size, "lr": lr,
                "world_size": ctx.world_size, "model_cfg": model_cfg}
+    memory_format = training_memory_format()
+    if memory_format != torch.contiguous_format:  # another draw: never resumed from, or taken for, a default-layout run
+        run_key["memory_format"] = str(memory_format).removeprefix("torch.")
     if init is not None:
         run_key["init_from"] = f"{init['data']['fingerprint']}:{init.get('run_key', {}).get('epochs')}"
 
@@ -187,6 +190,7 @@ def _fit(head, train, val, out_dir, epochs, seed, batch_size, resume, lr, loss_f
     model = build_model(head, init["model_cfg"] if init else model_cfg)
     if init is not None:  # fine-tune (e.g. a DAgger round continues from the previous round's weights)
         model.load_state_dict(init["state_dict"])
+    model = model.to(memory_format=memory_format)  # the saved weights are plain again (below)
     cfg_dict = model.cfg.to_dict()
     steps_per_epoch = math.ceil(math.ceil(len(train) / ctx.world_size) / batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -220,7 +224,7 @@ def _fit(head, train, val, out_dir, epochs, seed, batch_size, resume, lr, loss_f
             bi = idx[s * batch_size : (s + 1) * batch_size]
             if len(bi) == 0:  # keep every rank in step
                 bi = idx[:1]
-            b = _batch(train, bi, extras, ctx.device)
+            b = _batch(train, bi, extras, ctx.device, memory_format)
             out = net(b["x"], b["prev_action"]) if "prev_action" in b else net(b["x"])
             loss = loss_fn(out, b, pos_weight) if head == "quality" else loss_fn(out, b)
             opt.zero_grad(set_to_none=True)
@@ -246,7 +250,7 @@ def _fit(head, train, val, out_dir, epochs, seed, batch_size, resume, lr, loss_f
             }, last_path)
         ctx.barrier()
 
-    model = unwrap(net).cpu().eval()
+    model = unwrap(net).cpu().eval().to(memory_format=torch.contiguous_format)
     if main:
         decode = finalise(model, val) if len(val) else {}
         final_val = validate(model, val) if len(val) else {}
