@@ -369,7 +369,8 @@ def test_train_all_tiny_end_to_end(tmp_path):
     assert (tmp_path / "calib" / "frames.npz").stat().st_size < 2e6
     # what each head's epochs cost, from its checkpoints (also when a later run resumes them)
     assert set(raw["data"]["training_seconds"]) == {"guidance", "quality", "teacher", "interpreter", "lesion"}
-    assert all(v > 0 for v in raw["data"]["training_seconds"].values())
+    # a tiny epoch can take under 0.05 s, which the history rounds to 0.0
+    assert all(v >= 0 for v in raw["data"]["training_seconds"].values()) and sum(raw["data"]["training_seconds"].values()) > 0
     card = (out / "MODEL_CARD.md").read_text()
     assert "training_seconds: guidance " in card
     assert "not for diagnosis" in card.lower() or "must not be used for diagnosis" in card
