@@ -533,11 +533,12 @@ def store_evaluation(engines: Path | None, result: dict) -> None:
 
 
 def train_guidance_dagger(roll_tr: ArrayDataset, frames_tr: ArrayDataset, roll_va: ArrayDataset, tr_seeds: list[int], plan: Plan,
-                          work: Path, data_dir: Path, *, seed: int, resume: bool = True, workers: int = 2) -> tuple[Path, ArrayDataset]:
+                          work: Path, data_dir: Path, *, seed: int, resume: bool = True, workers: int = 2) -> tuple[list[Path], ArrayDataset]:
     """Round 0 on the noisy expert's trajectories (plus scenario frames), then
     DAgger rounds: roll out the current policy (with its memory), label every
     visited frame with the expert, fine-tune on everything so far. Returns
-    the last checkpoint and its training data (trajectories + scenario frames)."""
+    every round's checkpoint (the last is the head) and the last round's
+    training data (trajectories + scenario frames)."""
     from edge_assist.training.export import OUTPUT_NAMES, export_onnx
     from edge_assist.training.models import export_module
     from edge_assist.training.train import load_head, train_guidance
@@ -554,6 +555,7 @@ def train_guidance_dagger(roll_tr: ArrayDataset, frames_tr: ArrayDataset, roll_v
 
     g_train = concat(roll_tr, frames_tr)
     g_ckpt = fit(g_train, work / "guidance-r0", plan.guidance_epochs)
+    rounds = [g_ckpt]
     for r in range(1, plan.dagger_rounds + 1):
         model, _ = load_head(g_ckpt)
         policy = export_onnx(export_module("guidance", model), work / f"guidance-r{r - 1}.onnx", in_ch=int(model.cfg.in_ch),
@@ -563,7 +565,8 @@ def train_guidance_dagger(roll_tr: ArrayDataset, frames_tr: ArrayDataset, roll_v
                           centre_depth=plan.centre_depth, centre_view=plan.centre_view)
         g_train = concat(g_train, roll_r)
         g_ckpt = fit(g_train, work / f"guidance-r{r}", plan.dagger_epochs, init=g_ckpt)
-    return g_ckpt, g_train
+        rounds.append(g_ckpt)
+    return rounds, g_train
 
 
 # -- train all ---------------------------------------------------------------------------------------
@@ -632,9 +635,10 @@ def train_all(out: Path, *, plan: Plan = PLANS["full"], work: Path = Path("data/
     stage("data", t0)
 
     t0 = time.perf_counter()
-    g_ckpt, g_train = train_guidance_dagger(roll_tr, frames_tr, roll_va, tr_seeds, plan, work, data_dir,
+    g_rounds, g_train = train_guidance_dagger(roll_tr, frames_tr, roll_va, tr_seeds, plan, work, data_dir,
                                             seed=seed if plan.guidance_seed is None else plan.guidance_seed, resume=resume,
                                             workers=workers)
+    g_ckpt = g_rounds[-1]
     n_guidance = len(g_train)
     stage("guidance", t0)
 
@@ -710,7 +714,7 @@ def train_all(out: Path, *, plan: Plan = PLANS["full"], work: Path = Path("data/
         raw["data"]["build_seconds"] = {**times, "total": round(time.perf_counter() - t_all, 1)}
         # build_seconds are this run's: a resumed stage shows seconds; the checkpoints keep what training cost
         raw["data"]["training_seconds"] = training_seconds(
-            {"guidance": [work / f"guidance-r{r}" / "guidance.pt" for r in range(plan.dagger_rounds + 1)], "quality": [q_ckpt],
+            {"guidance": g_rounds, "quality": [q_ckpt],
              "teacher": [t_ckpt], "interpreter": [i_ckpt]} | ({"lesion": [l_ckpt]} if l_ckpt else {}))
         write_manifest(out, raw)
         store_evaluation(out, result)
