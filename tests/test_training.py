@@ -76,6 +76,29 @@ def test_guidance_tiny_training_lowers_the_loss(sim_data, tmp_path):
     assert meta["decode"]["temperature"] > 0
 
 
+def test_dagger_replay_fine_tunes_on_the_round_and_a_sample_of_the_rest(sim_data, tmp_path):
+    """Plan.dagger_replay: a DAgger round fine-tunes on its own trajectories
+    and a sample of the earlier data (without replacement, fixed by the
+    seed), while all of it is still returned for the quality head."""
+    from dataclasses import replace
+
+    from edge_assist.training.make_models import PLANS, replay_sample, train_guidance_dagger
+
+    train, val, roll = sim_data
+    data = concat(roll, train)
+    a, b = replay_sample(data, 7, 3), replay_sample(data, 7, 3)
+    assert len(a) == 7 and np.array_equal(a.images, b.images) and not np.array_equal(a.images, replay_sample(data, 7, 4).images)
+    assert len({im.tobytes() for im in a.images}) == 7  # no frame twice
+    assert replay_sample(data, 10 * len(data), 3) is data
+
+    plan = replace(PLANS["tiny"], dagger_replay=0.5, max_moves=8)
+    rounds, g_train = train_guidance_dagger(roll, train, roll, [0], plan, tmp_path / "run", tmp_path / "data", seed=0, workers=1)
+    n_round = len(g_train) - len(roll) - len(train)  # the round's trajectories
+    ck = torch.load(rounds[-1], map_location="cpu", weights_only=False)
+    assert len(rounds) == 2 and n_round > 0
+    assert ck["data"]["n_train"] == n_round + round(0.5 * n_round)
+
+
 def test_guidance_with_memory_trains_exports_and_runs(sim_data, tmp_path):
     """Frame pairs from the trajectories (the frame before each move and that
     move), a two-input head, ONNX parity, and the run-time feed."""
@@ -361,6 +384,9 @@ def test_train_all_tiny_end_to_end(tmp_path):
     assert g_ck["run_key"]["seed"] == 7 and q_ck["run_key"]["seed"] == DEFAULT_SEED
     # the teacher and the student train on more patients than the other heads
     assert "of 3 patients per preset" in raw["data"]["interpreter_frames"]
+    # where it trained: the same recipe gives other weights on another instruction set (docs/TRAINING.md)
+    built_on = raw["data"]["built_on"]
+    assert isinstance(built_on["cpu_flags"], list) and built_on["torch_threads"] >= 1 and built_on["device"] == "cpu"
     assert "int8" in raw and set(raw["int8"]["heads"]) == {"quality", "guidance", "interpreter"}
     for name, h in raw["heads"].items():
         assert h["parity_max_abs_diff"] <= 1e-4

@@ -84,6 +84,10 @@ class Plan:
     quality_epochs: int = 6
     guidance_epochs: int = 3  # round 0 (from scratch)
     dagger_epochs: int = 2  # each DAgger round (fine-tunes the previous round on all data so far)
+    # Each DAgger round fine-tunes on its own trajectories plus a random sample of this many times as
+    # many frames from the data so far (a replay of the earlier rounds), instead of on all of it: the
+    # epochs on the whole growing set were 35 of the guidance stage's 55 minutes. None: all data so far.
+    dagger_replay: float | None = None
     # The teacher and the student see these many more patients per preset
     # (scenario frames only): lesions, their echogenicity, margins and size
     # need more examples than quality and guidance (docs/TRAINING.md).
@@ -532,11 +536,20 @@ def store_evaluation(engines: Path | None, result: dict) -> None:
 # -- guidance: noisy expert, then DAgger -------------------------------------------------------------
 
 
+def replay_sample(data: ArrayDataset, n: float, seed: int) -> ArrayDataset:
+    """`n` frames of `data` drawn without replacement (all of it when it has no more), in their order."""
+    n = int(round(n))
+    if n >= len(data):
+        return data
+    return data.subset(np.sort(np.random.default_rng([seed, 0x5EB1A]).choice(len(data), n, replace=False)))
+
+
 def train_guidance_dagger(roll_tr: ArrayDataset, frames_tr: ArrayDataset, roll_va: ArrayDataset, tr_seeds: list[int], plan: Plan,
                           work: Path, data_dir: Path, *, seed: int, resume: bool = True, workers: int = 2) -> tuple[list[Path], ArrayDataset]:
     """Round 0 on the noisy expert's trajectories (plus scenario frames), then
     DAgger rounds: roll out the current policy (with its memory), label every
-    visited frame with the expert, fine-tune on everything so far. Returns
+    visited frame with the expert, fine-tune on everything so far (or on the
+    round's frames and a replay sample of the rest, Plan.dagger_replay). Returns
     every round's checkpoint (the last is the head) and the last round's
     training data (trajectories + scenario frames)."""
     from edge_assist.training.export import OUTPUT_NAMES, export_onnx
@@ -563,8 +576,11 @@ def train_guidance_dagger(roll_tr: ArrayDataset, frames_tr: ArrayDataset, roll_v
         roll_r = rollouts(tr_seeds, plan.dagger_episodes, seed + 10 + r, data_dir, policy_path=policy, beta=plan.dagger_beta,
                           max_moves=plan.max_moves, workers=workers, name=f"rollouts{r}-train", depth_share=plan.depth_start_share,
                           centre_depth=plan.centre_depth, centre_view=plan.centre_view)
-        g_train = concat(g_train, roll_r)
-        g_ckpt = fit(g_train, work / f"guidance-r{r}", plan.dagger_epochs, init=g_ckpt)
+        earlier, g_train = g_train, concat(g_train, roll_r)
+        fit_on = g_train
+        if plan.dagger_replay:
+            fit_on = concat(roll_r, replay_sample(earlier, plan.dagger_replay * len(roll_r), seed + 10 + r))
+        g_ckpt = fit(fit_on, work / f"guidance-r{r}", plan.dagger_epochs, init=g_ckpt)
         rounds.append(g_ckpt)
     return rounds, g_train
 
@@ -584,6 +600,22 @@ def training_seconds(ckpts: dict[str, list[Path]]) -> dict[str, float]:
         if secs:
             out[head] = round(float(sum(secs)), 1)
     return out
+
+
+def build_machine() -> dict:
+    """Where a run trains: the same recipe and data give other weights on a
+    CPU with another instruction set (its kernels round differently) and
+    other stage times, so the manifest records it (docs/TRAINING.md,
+    "Reproducibility")."""
+    import torch
+
+    from edge_assist.bench_measure import machine_info
+    from edge_assist.training.common import training_device
+
+    m = machine_info()
+    threads = int(os.environ.get("EDGE_ASSIST_THREADS", "0")) or (os.cpu_count() or 1)  # what set_torch_threads gives
+    return {**{k: m[k] for k in ("cpu_model", "cpu_flags", "cores_usable", "gpu", "commit")},
+            "torch": torch.__version__, "torch_threads": threads, "device": str(training_device())}
 
 
 def train_all(out: Path, *, plan: Plan = PLANS["full"], work: Path = Path("data/run"), data_dir: Path = Path("data"),
@@ -609,6 +641,8 @@ def train_all(out: Path, *, plan: Plan = PLANS["full"], work: Path = Path("data/
         write_json(work / "timings.json", times)
 
     log(f"train all: plan {asdict(plan)}, seed {seed}, out {out}, work {work}")
+    built_on = build_machine()
+    log(f"train all: on {built_on}")
     tr_seeds = list(TRAIN_SEEDS)[: plan.train_seeds]
     va_seeds = list(VAL_SEEDS)[: plan.val_seeds]
     bs = plan.batch_size
@@ -683,6 +717,7 @@ def train_all(out: Path, *, plan: Plan = PLANS["full"], work: Path = Path("data/
         "guidance_frames": f"{n_guidance} train (trajectories: noisy expert + {plan.dagger_rounds} DAgger round(s), plus scenario frames)",
         "seed": seed,
         "plan": asdict(plan),
+        "built_on": built_on,
     }
     ckpts = {"quality": q_ckpt, "guidance": g_ckpt, "interpreter": i_ckpt} | ({"lesion": l_ckpt} if l_ckpt else {})
     export_all(ckpts, out, frames_u8=frames_va.images, extra={"data": data_info},
