@@ -386,7 +386,7 @@ def test_train_all_tiny_end_to_end(tmp_path):
     assert "of 3 patients per preset" in raw["data"]["interpreter_frames"]
     # where it trained: the same recipe gives other weights on another instruction set (docs/TRAINING.md)
     built_on = raw["data"]["built_on"]
-    assert isinstance(built_on["cpu_flags"], list) and built_on["torch_threads"] >= 1 and built_on["device"] == "cpu"
+    assert isinstance(built_on["cpu_flags"], list) and built_on["torch_threads"] >= 1 and built_on["device"]
     assert "int8" in raw and set(raw["int8"]["heads"]) == {"quality", "guidance", "interpreter"}
     for name, h in raw["heads"].items():
         assert h["parity_max_abs_diff"] <= 1e-4
