@@ -53,12 +53,20 @@ def seed_everything(seed: int) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def set_torch_threads(threads: int | None = None) -> int:
-    import torch
-
+def training_threads(threads: int | None = None) -> int:
+    """The torch threads a training process uses: `threads`, else
+    EDGE_ASSIST_THREADS, else one per core (shared out between the local
+    processes of a DDP run)."""
     n = threads or int(os.environ.get("EDGE_ASSIST_THREADS", "0")) or (os.cpu_count() or 1)
     if os.environ.get("WORLD_SIZE") and int(os.environ["WORLD_SIZE"]) > 1 and not threads:
         n = max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])))
+    return n
+
+
+def set_torch_threads(threads: int | None = None) -> int:
+    import torch
+
+    n = training_threads(threads)
     torch.set_num_threads(n)
     return n
 

@@ -611,11 +611,11 @@ def build_machine() -> dict:
     import torch
 
     from edge_assist.bench_measure import machine_info
-    from edge_assist.training.common import set_torch_threads, training_device
+    from edge_assist.training.common import training_device, training_threads
 
     m = machine_info()
     return {**{k: m[k] for k in ("cpu_model", "cpu_flags", "cores_usable", "gpu", "commit")},
-            "torch": torch.__version__, "torch_threads": set_torch_threads(), "device": str(training_device())}
+            "torch": torch.__version__, "torch_threads": training_threads(), "device": str(training_device())}
 
 
 def train_all(out: Path, *, plan: Plan = PLANS["full"], work: Path = Path("data/run"), data_dir: Path = Path("data"),
