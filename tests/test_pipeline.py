@@ -315,6 +315,24 @@ def test_precise_timers_in_a_thread():
     assert got == [sys.platform.startswith("linux")]
 
 
+def test_sleep_until_never_returns_before_the_due_time():
+    """Paced sources stamp a frame with its due time: the wait (slept, then
+    spun for the last SPIN_NS) must not hand it over early, and a due time
+    beyond the timeout is "not yet" after sleeping the timeout."""
+    import time
+
+    from edge_assist.sources.base import SPIN_NS, sleep_until
+
+    for spin_ns in (SPIN_NS, 0):
+        for ahead_ns in (-1_000_000, 50_000, SPIN_NS + 300_000, 3_000_000):
+            due = time.monotonic_ns() + ahead_ns
+            assert sleep_until(due, timeout_s=1.0, spin_ns=spin_ns)
+            assert time.monotonic_ns() >= due
+    t0 = time.monotonic_ns()
+    assert not sleep_until(t0 + 2_000_000_000, timeout_s=0.01)
+    assert time.monotonic_ns() - t0 >= 10_000_000
+
+
 def test_slot_every_frame_backpressure():
     slot = FrameSlot(every_frame=True)
     f = Frame(np.zeros((8, 8), np.uint8), 0, 0)
