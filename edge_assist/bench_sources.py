@@ -20,7 +20,7 @@ import numpy as np
 
 from edge_assist.errors import EndOfStream, SourceError
 from edge_assist.frames import Frame, ScanRegion
-from edge_assist.sources.base import FrameSource, sleep_until
+from edge_assist.sources.base import FrameSource, sleep_until, spin_for
 
 SYNTHETIC_PREFIX = "synthetic:"
 T_READ_KEY = "bench_t_read_ns"
@@ -40,6 +40,7 @@ class ReplaySource(FrameSource):
         self.is_live = live and self.fps > 0
         self.buffer = max(1, int(buffer))
         self.period_ns = int(round(1e9 / self.fps)) if self.fps > 0 else 0
+        self.spin_ns = spin_for(self.period_ns)
         self.limit = limit  # stop (EndOfStream) after this many frames offered
         self.t0_ns: int | None = None
         self.next_index = 0  # the next frame to hand out
@@ -64,7 +65,7 @@ class ReplaySource(FrameSource):
                 self.t0_ns = now
             due = self.t0_ns + i * self.period_ns
             if due > now:
-                if not sleep_until(due, timeout_s):
+                if not sleep_until(due, timeout_s, self.spin_ns):
                     return None
             else:
                 newest = (now - self.t0_ns) // self.period_ns  # the newest frame that exists now
@@ -113,7 +114,7 @@ class LoopingSource(FrameSource):
 
     def read(self, timeout_s: float = 1.0) -> Frame | None:
         if self._resume_at_ns is not None:
-            if not sleep_until(self._resume_at_ns, timeout_s):
+            if not sleep_until(self._resume_at_ns, timeout_s, spin_for(1e9 / self.nominal_fps)):
                 return None
             self._resume_at_ns = None
         try:

@@ -321,8 +321,11 @@ def test_sleep_until_never_returns_before_the_due_time():
     beyond the timeout is "not yet" after sleeping the timeout."""
     import time
 
-    from edge_assist.sources.base import SPIN_NS, sleep_until
+    from edge_assist.sources.base import SPIN_NS, SPIN_SHARE, sleep_until, spin_for
 
+    assert spin_for(1e9 / 60) == SPIN_NS  # a 60 fps source spins the last 0.2 ms ...
+    assert spin_for(1e9 / 6000) * SPIN_SHARE <= 1e9 / 6000  # ... a fast one a small share of its interval
+    assert spin_for(0) == 0
     for spin_ns in (SPIN_NS, 0):
         for ahead_ns in (-1_000_000, 50_000, SPIN_NS + 300_000, 3_000_000):
             due = time.monotonic_ns() + ahead_ns

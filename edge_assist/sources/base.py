@@ -47,16 +47,25 @@ class FrameSource(abc.ABC):
 # time asked for (the hypervisor's timer), even with exact timer expiry
 # (pipeline.precise_timers). A paced source that stamps a frame with the
 # instant it is due would hand it over that late, on every frame's path. So
-# the last SPIN_NS before the due time are spun, not slept: about 0.2 ms of
-# one core per frame (1.2 % at 60 fps) for a frame that comes on time
-# (docs and figures: benchmarks/README.md, "The source's wake-up").
+# paced sources spin the last SPIN_NS before a frame is due instead of
+# sleeping through it: 0.2 ms of one core a frame (1.2 % at 60 fps) for a
+# frame that comes on time (benchmarks/README.md, "The source's wake-up").
+# Never more than 1/SPIN_SHARE of the frame interval: a source at hundreds
+# of frames a second would spin all the time, holding the GIL that the
+# processing loop needs (the overload scenario: e2e p50 0.44 -> 2.5 ms).
 SPIN_NS = 200_000
+SPIN_SHARE = 20
 
 
-def sleep_until(due_ns: int, timeout_s: float, spin_ns: int = SPIN_NS) -> bool:
-    """Wait until monotonic time due_ns: sleep until `spin_ns` before it, then
-    spin (spin_ns=0: sleep all the way). If due_ns is more than timeout_s
-    away, sleep timeout_s and return False (the caller returns "no frame yet")."""
+def spin_for(period_ns: float) -> int:
+    """How long a source paced at one frame per period_ns spins before each frame is due."""
+    return int(min(SPIN_NS, max(0.0, period_ns) / SPIN_SHARE))
+
+
+def sleep_until(due_ns: int, timeout_s: float, spin_ns: int = 0) -> bool:
+    """Wait until monotonic time due_ns: sleep, and spin the last `spin_ns`
+    (spin_for). If due_ns is more than timeout_s away, sleep timeout_s and
+    return False (the caller returns "no frame yet")."""
     wait_ns = due_ns - time.monotonic_ns()
     if wait_ns > timeout_s * 1e9:
         time.sleep(max(0.0, timeout_s))
@@ -77,6 +86,7 @@ class Pacer:
 
     def __init__(self, fps: float):
         self.period_ns = int(1e9 / fps) if fps and fps > 0 else 0
+        self.spin_ns = spin_for(self.period_ns)
         self.t0_ns: int | None = None
 
     def _offset_ns(self, index: int) -> int:
@@ -87,4 +97,4 @@ class Pacer:
         beyond timeout_s. The first call sets the clock: that frame is due now."""
         if self.t0_ns is None:
             self.t0_ns = time.monotonic_ns() - self._offset_ns(index)
-        return sleep_until(self.t0_ns + self._offset_ns(index) - lead_ns, timeout_s)
+        return sleep_until(self.t0_ns + self._offset_ns(index) - lead_ns, timeout_s, self.spin_ns)
