@@ -97,4 +97,5 @@ class Pacer:
         beyond timeout_s. The first call sets the clock: that frame is due now."""
         if self.t0_ns is None:
             self.t0_ns = time.monotonic_ns() - self._offset_ns(index)
-        return sleep_until(self.t0_ns + self._offset_ns(index) - lead_ns, timeout_s, self.spin_ns)
+        spin = self.spin_ns if lead_ns == 0 else 0  # a wait to start work ahead of the frame need not be exact
+        return sleep_until(self.t0_ns + self._offset_ns(index) - lead_ns, timeout_s, spin)
