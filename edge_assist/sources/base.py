@@ -86,7 +86,6 @@ class Pacer:
 
     def __init__(self, fps: float):
         self.period_ns = int(1e9 / fps) if fps and fps > 0 else 0
-        self.spin_ns = spin_for(self.period_ns)
         self.t0_ns: int | None = None
 
     def _offset_ns(self, index: int) -> int:
@@ -97,5 +96,8 @@ class Pacer:
         beyond timeout_s. The first call sets the clock: that frame is due now."""
         if self.t0_ns is None:
             self.t0_ns = time.monotonic_ns() - self._offset_ns(index)
-        spin = self.spin_ns if lead_ns == 0 else 0  # a wait to start work ahead of the frame need not be exact
-        return sleep_until(self.t0_ns + self._offset_ns(index) - lead_ns, timeout_s, spin)
+        due = self.t0_ns + self._offset_ns(index)
+        # The frame's own interval sets the spin (spin_for); a wait to start
+        # work ahead of the frame (lead_ns) need not be exact and only sleeps.
+        spin = spin_for(self._offset_ns(index) - self._offset_ns(index - 1)) if index > 0 and lead_ns == 0 else 0
+        return sleep_until(due - lead_ns, timeout_s, spin)

@@ -17,7 +17,7 @@ import numpy as np
 
 from edge_assist.errors import EndOfStream, SourceError
 from edge_assist.frames import Frame, ScanRegion
-from edge_assist.sources.base import FrameSource, Pacer, spin_for
+from edge_assist.sources.base import FrameSource, Pacer
 
 DEFAULT_FPS = 30.0
 DECODE_MARGIN_NS = 2_000_000  # paced: start decoding this long plus 1.5x the slowest recent decode before a frame is due
@@ -42,7 +42,6 @@ class _SchedulePacer(Pacer):
     def __init__(self, offsets_ns: np.ndarray):
         super().__init__(0)
         self.offsets_ns = offsets_ns
-        self.spin_ns = spin_for(float(np.median(np.diff(offsets_ns)))) if len(offsets_ns) > 1 else 0
 
     def _offset_ns(self, index: int) -> int:
         return int(self.offsets_ns[index])
