@@ -281,6 +281,33 @@ def test_eval_quick_returns_the_keys_without_torch(tiny_engines_128):
     assert r["setup"]["seconds"] < 60
 
 
+
+def test_eval_closed_loop_alone_on_a_pool_of_patients(tiny_engines_128, capsys):
+    """`eval --closed-loop POOL:START:STOP`: the eval's closed loop alone, on
+    the patients a retrain is judged on; a bad range is one line and exit 2."""
+    from edge_assist.cli import main
+    from edge_assist.heads import HeadSet
+    from edge_assist.manifest import load_manifest
+    from edge_assist.training.common import EVAL_SEEDS
+    from edge_assist.training.evaluate import closed_loop
+
+    assert main(["eval", "--closed-loop", "validation:0:1", "--json", "--engines", str(tiny_engines_128)]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["guidance"]["episodes"] == 3 and r["setup"]["patients"].startswith("validation [0:1]")
+    # the held-out range the model card's closed loop starts at gives the eval's own episodes
+    assert main(["eval", "--closed-loop", "held-out:1000:1001", "--json", "--engines", str(tiny_engines_128)]) == 0
+    alone = json.loads(capsys.readouterr().out)["guidance"]
+    with HeadSet(load_manifest(tiny_engines_128), backend="ort", precision="fp32", threads=1) as heads:
+        direct = closed_loop(heads, list(EVAL_SEEDS)[1000:1001])
+    assert alone == json.loads(json.dumps(direct))
+    capsys.readouterr()
+    for bad in ("validation:5:2", "valid:0:1", "validation:0", "validation:a:b"):
+        assert main(["eval", "--closed-loop", bad, "--engines", str(tiny_engines_128)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "--closed-loop" in err and "Traceback" not in err
+    assert main(["eval", "--closed-loop", "validation:0:1", "--write", "--engines", str(tiny_engines_128)]) == 2
+    assert "--write" in capsys.readouterr().err
+
 def _ddp_worker(ctx, data, out):
     from edge_assist.training.train import train_quality
 

@@ -64,6 +64,9 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-int8", action="store_true", help="skip the INT8 figures")
     p.add_argument("--write", action="store_true", help="store the figures in manifest.json and MODEL_CARD.md")
+    p.add_argument("--closed-loop", metavar="POOL:START:STOP",
+                   help="only the closed loop, on patients START..STOP-1 of POOL (held-out, validation, training): "
+                        "judge a retrained guidance head on validation patients, e.g. validation:500:640")
     p.set_defaults(func=cmd_eval)
 
 
@@ -227,9 +230,17 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+@_fail_on_value_error
 def cmd_eval(args) -> int:
-    from edge_assist.training.evaluate import evaluate, summary_lines
+    from edge_assist.training.evaluate import closed_loop_lines, closed_loop_only, evaluate, summary_lines
 
+    if args.closed_loop:
+        if args.write or args.quick:
+            raise EdgeAssistError("--closed-loop runs the closed loop alone: drop --write / --quick "
+                                  "(the model card's figures come from the whole held-out evaluation)")
+        result = closed_loop_only(args.engines, args.closed_loop, backend=args.backend, threads=args.threads)
+        print(json.dumps(result, indent=2) if args.json else "\n".join(closed_loop_lines(result)))
+        return 0
     result = evaluate(args.engines, quick=args.quick, backend=args.backend, threads=args.threads, int8=not args.no_int8)
     if args.write:
         from edge_assist.training.make_models import store_evaluation

@@ -3,6 +3,7 @@ through the same path users get (edge_assist.preprocess.Preprocessor +
 edge_assist.heads.HeadSet on ONNX Runtime or another backend), never torch.
 
     edge-assist eval [--quick] [--backend ort] [--json] [--engines DIR]
+    edge-assist eval --closed-loop validation:500:640 [--engines DIR]   # the closed loop alone
 
 - quality: Spearman of the score with the simulator's quality, AUROC for
   diagnostic (truth quality >= 0.5) vs not, macro-F1 of the reason flags;
@@ -36,7 +37,7 @@ from edge_assist.hints import BlindSweep, HintSmoother, MoveTrail, SmoothingConf
 from edge_assist.lesion_measure import lesion_size_frac
 from edge_assist.manifest import load_manifest
 from edge_assist.training.common import (
-    EVAL_SEEDS, EXAM_PRESETS, auroc, expert_action, f1_binary, macro_f1_multiclass, progress, sim_region, spearman,
+    EVAL_SEEDS, EXAM_PRESETS, TRAIN_SEEDS, VAL_SEEDS, auroc, expert_action, f1_binary, macro_f1_multiclass, progress, sim_region, spearman,
     wilson_interval,
 )
 from edge_assist.vocab import ACTIONS, ECHOGENICITY, LOCATIONS, MARGINS, QUALITY_REASONS, QUALITY_THRESHOLD, STRUCTURES
@@ -547,6 +548,49 @@ def evaluate(engines: Path | None = None, *, quick: bool = False, backend: str =
         "max_moves": MAX_MOVES, "seconds": round(time.perf_counter() - t0, 1),
     }
     return result
+
+
+# Patient pools for `--closed-loop POOL:START:STOP`: the held-out ones the model card quotes (its starts are
+# held-out:1000:1210), the validation ones a retrain is judged and chosen on (docs/TRAINING.md quotes
+# validation:500:640 and validation:980:1120), and the training ones (does the head overfit its patients?).
+PATIENT_POOLS = {"held-out": EVAL_SEEDS, "validation": VAL_SEEDS, "training": TRAIN_SEEDS}
+
+
+def parse_patients(spec: str) -> tuple[str, int, int]:
+    """'validation:500:640' -> ('validation', 500, 640); ValueError with what to write instead."""
+    parts = spec.split(":")
+    usage = f"--closed-loop {spec!r}: write POOL:START:STOP with POOL one of {', '.join(PATIENT_POOLS)}, e.g. validation:500:640"
+    if len(parts) != 3 or parts[0] not in PATIENT_POOLS:
+        raise ValueError(usage)
+    try:
+        start, stop = int(parts[1]), int(parts[2])
+    except ValueError:
+        raise ValueError(usage) from None
+    if not 0 <= start < stop <= len(PATIENT_POOLS[parts[0]]):
+        raise ValueError(f"--closed-loop {spec!r}: START and STOP must satisfy 0 <= START < STOP <= {len(PATIENT_POOLS[parts[0]])}")
+    return parts[0], start, stop
+
+
+def closed_loop_only(engines: Path | None, spec: str, *, backend: str = "ort", threads: int = 1) -> dict:
+    """The closed loop alone (one move per frame, the eval's operator) from one
+    random start per patient and preset of a pool's [START:STOP]: how a
+    retrained guidance head is judged and chosen on validation patients
+    before the held-out evaluation is read."""
+    t0 = time.perf_counter()
+    pool, start, stop = parse_patients(spec)
+    seeds = list(PATIENT_POOLS[pool])[start:stop]
+    with HeadSet(load_manifest(engines), backend=backend, precision="fp32", threads=threads) as heads:
+        cl = closed_loop(heads, seeds, desc=f"closed loop ({spec})")
+    return {"guidance": cl, "setup": {"patients": f"{pool} [{start}:{stop}] ({len(seeds)} per preset, seeds {seeds[0]}-{seeds[-1]})",
+                                      "backend": backend, "threads": threads, "max_moves": MAX_MOVES,
+                                      "seconds": round(time.perf_counter() - t0, 1)}}
+
+
+def closed_loop_lines(r: dict) -> list[str]:
+    g = r["guidance"]
+    return [f"closed loop on {r['setup']['patients']}: {g['closed_loop_success']} (95 % CI {_interval(g['closed_loop_success_ci95'])}; "
+            f"{g['episodes']} episodes; " + ", ".join(f"{k} {v}" for k, v in g["success_by_preset"].items())
+            + f"; median {g['median_moves']} moves; top-1 on the states visited {g['top1_on_visited']})"]
 
 
 def _interval(ci) -> str:
