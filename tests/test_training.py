@@ -281,7 +281,6 @@ def test_eval_quick_returns_the_keys_without_torch(tiny_engines_128):
     assert r["setup"]["seconds"] < 60
 
 
-
 def test_eval_closed_loop_alone_on_a_pool_of_patients(tiny_engines_128, capsys):
     """`eval --closed-loop POOL:START:STOP`: the eval's closed loop alone, on
     the patients a retrain is judged on; a bad range is one line and exit 2."""
@@ -307,6 +306,7 @@ def test_eval_closed_loop_alone_on_a_pool_of_patients(tiny_engines_128, capsys):
         assert len(err.splitlines()) == 1 and "--closed-loop" in err and "Traceback" not in err
     assert main(["eval", "--closed-loop", "validation:0:1", "--write", "--engines", str(tiny_engines_128)]) == 2
     assert "--write" in capsys.readouterr().err
+
 
 def _ddp_worker(ctx, data, out):
     from edge_assist.training.train import train_quality

@@ -37,8 +37,8 @@ from edge_assist.hints import BlindSweep, HintSmoother, MoveTrail, SmoothingConf
 from edge_assist.lesion_measure import lesion_size_frac
 from edge_assist.manifest import load_manifest
 from edge_assist.training.common import (
-    EVAL_SEEDS, EXAM_PRESETS, TRAIN_SEEDS, VAL_SEEDS, auroc, expert_action, f1_binary, macro_f1_multiclass, progress, sim_region, spearman,
-    wilson_interval,
+    EVAL_SEEDS, EXAM_PRESETS, TRAIN_SEEDS, VAL_SEEDS, auroc, expert_action, f1_binary, macro_f1_multiclass, progress, sim_region,
+    spearman, wilson_interval,
 )
 from edge_assist.vocab import ACTIONS, ECHOGENICITY, LOCATIONS, MARGINS, QUALITY_REASONS, QUALITY_THRESHOLD, STRUCTURES
 
