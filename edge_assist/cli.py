@@ -245,12 +245,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        rc = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, not at exit: a reader that went away is then caught below
+        return rc
     except EdgeAssistError as exc:
         print(f"edge-assist: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader closed the pipe (`edge-assist eval --json | head`): stop quietly, as `cat` would,
+        # and point stdout at /dev/null so the interpreter's own flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a writer killed by the closed pipe
 
 
 if __name__ == "__main__":  # pragma: no cover

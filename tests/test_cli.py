@@ -88,3 +88,13 @@ def test_run_primes_a_paced_source_only_when_asked(tiny_engines, tmp_path):
     mode, passes, primed = modes["on"]
     # every frame after the first can be primed; the last pass may be for a frame that never came
     assert mode == "on" and passes >= 6 and passes - 1 <= primed <= passes
+
+
+def test_a_reader_that_closes_the_pipe_gets_no_traceback():
+    """`edge-assist backends | head -0`: the writer stops quietly (exit 141, as for SIGPIPE), no traceback."""
+    p = subprocess.Popen([sys.executable, "-m", "edge_assist.cli", "backends"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # the reader is gone before the first line
+    err = p.stderr.read().decode()
+    p.stderr.close()
+    assert p.wait(timeout=60) == 141, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
