@@ -94,10 +94,11 @@ class Pacer:
     def wait_for(self, index: int, timeout_s: float, lead_ns: int = 0) -> bool:
         """Sleep until frame `index` is due (less lead_ns); False if that is
         beyond timeout_s. The first call sets the clock: that frame is due now."""
+        offset = self._offset_ns(index)
         if self.t0_ns is None:
-            self.t0_ns = time.monotonic_ns() - self._offset_ns(index)
-        due = self.t0_ns + self._offset_ns(index)
+            self.t0_ns = time.monotonic_ns() - offset
+        due = self.t0_ns + offset
         # The frame's own interval sets the spin (spin_for); a wait to start
         # work ahead of the frame (lead_ns) need not be exact and only sleeps.
-        spin = spin_for(self._offset_ns(index) - self._offset_ns(index - 1)) if index > 0 and lead_ns == 0 else 0
+        spin = spin_for(offset - self._offset_ns(index - 1)) if index > 0 and lead_ns == 0 else 0
         return sleep_until(due - lead_ns, timeout_s, spin)
