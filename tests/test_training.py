@@ -79,7 +79,8 @@ def test_guidance_tiny_training_lowers_the_loss(sim_data, tmp_path):
 def test_dagger_replay_fine_tunes_on_the_round_and_a_sample_of_the_rest(sim_data, tmp_path):
     """Plan.dagger_replay: a DAgger round fine-tunes on its own trajectories
     and a sample of the earlier data (without replacement, fixed by the
-    seed), while all of it is still returned for the quality head."""
+    seed), while all of it is still returned for the quality head. Every
+    round's network has the plan's widths (Plan.guidance_net)."""
     from dataclasses import replace
 
     from edge_assist.training.make_models import PLANS, replay_sample, train_guidance_dagger
@@ -91,12 +92,16 @@ def test_dagger_replay_fine_tunes_on_the_round_and_a_sample_of_the_rest(sim_data
     assert len({im.tobytes() for im in a.images}) == 7  # no frame twice
     assert replay_sample(data, 10 * len(data), 3) is data
 
-    plan = replace(PLANS["tiny"], dagger_replay=0.5, max_moves=8)
+    net = {"widths": [8, 16, 24, 32, 40], "squeeze": 16, "hidden": 64}
+    plan = replace(PLANS["tiny"], dagger_replay=0.5, max_moves=8, guidance_net=net)
     rounds, g_train = train_guidance_dagger(roll, train, roll, [0], plan, tmp_path / "run", tmp_path / "data", seed=0, workers=1)
     n_round = len(g_train) - len(roll) - len(train)  # the round's trajectories
     ck = torch.load(rounds[-1], map_location="cpu", weights_only=False)
     assert len(rounds) == 2 and n_round > 0
     assert ck["data"]["n_train"] == n_round + round(0.5 * n_round)
+    for r in rounds:
+        cfg = torch.load(r, map_location="cpu", weights_only=False)["model_cfg"]
+        assert {k: cfg[k] for k in net} == net
 
 
 def test_guidance_with_memory_trains_exports_and_runs(sim_data, tmp_path):

@@ -56,6 +56,9 @@ class Plan:
     # Guidance with memory (frame before the last move + that move): off for
     # the committed head; tried and measured worse in closed loop (docs/TRAINING.md).
     guidance_memory: bool = False
+    # The guidance network's widths (models.NetConfig fields, e.g. {"widths": [12, 24, 48, 96, 128],
+    # "squeeze": 48, "hidden": 256}); None: NetConfig's defaults, the committed head's.
+    guidance_net: dict | None = None
     rollout_eps: float = 0.25  # round 0: probability of a random move instead of the expert's
     # Share of guidance episodes (every round) that start at the target view with the display depth 2-3
     # steps off (the expert sets depth first, so its trajectories hardly ever show the target view at a
@@ -565,7 +568,7 @@ def train_guidance_dagger(roll_tr: ArrayDataset, frames_tr: ArrayDataset, roll_v
         data, moves = with_memory(data) if memory else (data, None)
         return train_guidance(data, va_data, out, epochs=epochs, seed=seed, batch_size=plan.batch_size, resume=resume,
                               soft_targets=soft, pose_targets=pose, prev_actions=(moves, va_moves) if memory else None,
-                              init_from=init, **({"lr": 1.5e-3} if init else {}))
+                              init_from=init, model_cfg=plan.guidance_net, **({"lr": 1.5e-3} if init else {}))
 
     g_train = concat(roll_tr, frames_tr)
     g_ckpt = fit(g_train, work / "guidance-r0", plan.guidance_epochs)
