@@ -76,6 +76,20 @@ def test_guidance_tiny_training_lowers_the_loss(sim_data, tmp_path):
     assert meta["decode"]["temperature"] > 0
 
 
+def test_network_takes_the_frame_size_it_is_configured_for():
+    """NetConfig.input_size: the flattened grid follows the frame's side;
+    a checkpoint without the field (every one before it) reads as 128."""
+    from edge_assist.training.models import GuidanceNet, NetConfig
+
+    for side in (96, 192):
+        net = GuidanceNet(NetConfig(input_size=side)).eval()
+        logits, pose = net(torch.zeros(2, 1, side, side))
+        assert logits.shape == (2, 15) and pose.shape[0] == 2
+    old = NetConfig().to_dict()
+    del old["input_size"]
+    assert NetConfig.from_dict(old).input_size == 128
+
+
 def test_dagger_replay_fine_tunes_on_the_round_and_a_sample_of_the_rest(sim_data, tmp_path):
     """Plan.dagger_replay: a DAgger round fine-tunes on its own trajectories
     and a sample of the earlier data (without replacement, fixed by the

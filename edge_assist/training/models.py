@@ -33,6 +33,7 @@ class NetConfig:
     # the first stages dominate training time (8-16 channels there train
     # ~2x faster than 16-32 for the same depth).
     widths: tuple[int, ...] = (8, 16, 32, 64, 96)
+    input_size: int = 128  # the frame's side in pixels (the run-time preprocessed frame is 128)
     extra: tuple[int, ...] = (0, 0, 1, 1, 1)  # extra stride-1 convs per stage
     squeeze: int = 32
     hidden: int = 128
@@ -74,7 +75,7 @@ class PlainCNN(nn.Module):
             cin = w
         self.features = nn.Sequential(*layers)
         self.squeeze = nn.Sequential(nn.Conv2d(cin, cfg.squeeze, 1, bias=False), nn.BatchNorm2d(cfg.squeeze), nn.ReLU(inplace=True))
-        grid = 128 // (2 ** len(cfg.widths))
+        grid = cfg.input_size // (2 ** len(cfg.widths))
         self.mlp = nn.Sequential(
             nn.Flatten(), nn.Linear(cfg.squeeze * grid * grid + cfg.action_in, cfg.hidden), nn.ReLU(inplace=True), nn.Dropout(cfg.dropout)
         )
@@ -111,7 +112,7 @@ POSE_COMPONENTS = ("u", "w", "rot", "fan", "rock", "depth", "gain")
 
 
 class GuidanceNet(nn.Module):
-    """forward -> (action_logits [B,15], pose [B,7]); input [B, frames, 128, 128]
+    """forward -> (action_logits [B,15], pose [B,7]); input [B, frames, S, S] (S = cfg.input_size, 128)
     and, with memory (cfg.action_in = 15), the previous move as a one-hot
     [B, 15] (zeros: none yet). With memory the two frames are the one before
     the previous move and the current one: from a single frame the sign of
