@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from edge_assist.training.data import INPUT_SIZE
 from edge_assist.vocab import ACTIONS, QUALITY_REASONS
 
 # ONNX output names (manifest role -> name mapping is in export.py).
@@ -33,7 +34,7 @@ class NetConfig:
     # the first stages dominate training time (8-16 channels there train
     # ~2x faster than 16-32 for the same depth).
     widths: tuple[int, ...] = (8, 16, 32, 64, 96)
-    input_size: int = 128  # the frame's side in pixels (the run-time preprocessed frame is 128)
+    input_size: int = INPUT_SIZE[0]  # the (square) frame's side in pixels: the run-time preprocessed frame's
     extra: tuple[int, ...] = (0, 0, 1, 1, 1)  # extra stride-1 convs per stage
     squeeze: int = 32
     hidden: int = 128
@@ -112,7 +113,7 @@ POSE_COMPONENTS = ("u", "w", "rot", "fan", "rock", "depth", "gain")
 
 
 class GuidanceNet(nn.Module):
-    """forward -> (action_logits [B,15], pose [B,7]); input [B, frames, S, S] (S = cfg.input_size, 128)
+    """forward -> (action_logits [B,15], pose [B,7]); input [B, frames, S, S] (S = cfg.input_size)
     and, with memory (cfg.action_in = 15), the previous move as a one-hot
     [B, 15] (zeros: none yet). With memory the two frames are the one before
     the previous move and the current one: from a single frame the sign of
