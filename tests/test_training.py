@@ -439,6 +439,10 @@ def test_train_all_tiny_end_to_end(tmp_path):
         assert (h.get("int8_file") is not None) == (name in raw["int8"]["heads"] and raw["int8"]["heads"][name]["kept"])
     assert raw["heads"]["lesion"]["input"]["shape"] == [1, 1, 64, 64] and "lesion head" not in raw["data"]["lesion_frames"]
     assert (tmp_path / "calib" / "frames.npz").stat().st_size < 2e6
+    # after export the guidance head practises with the hints and is fine-tuned (Plan.self_imitation)
+    si = raw["heads"]["guidance"]["training"]["self_imitation"]
+    assert si["round"] == 1 and si["episodes"] == 2 * 3 * 2 and si["frames"] >= si["episodes"]
+    assert (tmp_path / "run" / "self-imitation" / "guidance-self-imitation-r1.pt").is_file()
     # what each head's epochs cost, from its checkpoints (also when a later run resumes them)
     assert set(raw["data"]["training_seconds"]) == {"guidance", "quality", "teacher", "interpreter", "lesion"}
     # a tiny epoch can take under 0.05 s, which the history rounds to 0.0

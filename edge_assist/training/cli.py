@@ -21,7 +21,9 @@ def register(sub) -> None:
                        description="Train on a manifest dataset (docs/DATA.md). Progress bars on stderr, a checkpoint "
                                    "after every epoch, resumed automatically when the data and settings match. "
                                    "Multi-GPU / multi-node: run under torchrun (docs/TRAINING.md).")
-    p.add_argument("head", choices=(*HEADS, "all"))
+    p.add_argument("head", choices=(*HEADS, "all", "self-imitation"),
+                   help="a head; all (what `make models` runs); or self-imitation: refine the guidance head in the "
+                        "engines folder --out by practising with the hints (docs/TRAINING.md)")
     p.add_argument("--data", type=Path, help="dataset folder with manifest.jsonl (or a .npz cache from `train all`)")
     p.add_argument("--val", type=Path, help="validation dataset (default: 10%% of the patients/frames of --data)")
     p.add_argument("--out", type=Path, required=True, help="output folder (checkpoints; for `all`: the engines folder)")
@@ -33,7 +35,9 @@ def register(sub) -> None:
     p.add_argument("--teacher", type=Path, help="interpreter: the teacher checkpoint (default OUT/../teacher/teacher.pt or OUT/teacher.pt)")
     p.add_argument("--limit", type=int, help="use only the first N records of --data")
     p.add_argument("--plan", default="full", help="train all: full (the committed models) or tiny (a smoke run)")
-    p.add_argument("--work", type=Path, default=Path("data/run"), help="train all: checkpoints and logs (default data/run)")
+    p.add_argument("--work", type=Path, default=Path("data/run"),
+                   help="train all / self-imitation: checkpoints and logs (default data/run; self-imitation: WORK/self-imitation)")
+    p.add_argument("--rounds", type=int, help="self-imitation: rounds of practice and fine-tuning (default: the full plan's)")
     p.add_argument("--data-dir", type=Path, default=Path("data"), help="train all: simulator data cache (default data/)")
     p.add_argument("--calibration", type=Path, default=Path("calibration"), help="train all: calibration frames folder")
     p.add_argument("--workers", type=int, default=2, help="train all: rendering processes (default 2)")
@@ -132,6 +136,8 @@ def cmd_train(args) -> int:
         train_all(args.out, plan=PLANS[args.plan], work=args.work, data_dir=args.data_dir, calibration=args.calibration,
                   seed=args.seed, resume=not args.no_resume, workers=args.workers, run_eval=not args.skip_eval)
         return 0
+    if args.head == "self-imitation":
+        return _self_imitation(args)
     if args.head == "lesion":
         return _train_lesion(args)
     ds = load_any(args.data, args.limit)
@@ -167,6 +173,32 @@ def cmd_train(args) -> int:
             raise EdgeAssistError("interpreter: no teacher checkpoint; train one (`edge-assist train teacher ...`) and pass --teacher PATH")
         path = train_interpreter(train, val, Path(teacher), out, epochs=args.epochs or 10, **kw)
     print(path)
+    return 0
+
+
+def _self_imitation(args) -> int:
+    """Refine the guidance head in --out in place (training/self_imitation.py)."""
+    from dataclasses import replace
+
+    from edge_assist.manifest import load_manifest
+    from edge_assist.training.common import TRAIN_SEEDS
+    from edge_assist.training.make_models import PLANS
+    from edge_assist.training.self_imitation import refine_guidance
+
+    load_manifest(args.out)  # a readable engines folder, or a one-line error
+    plan = PLANS["full"]
+    cfg = plan.self_imitation
+    cfg = replace(cfg, **{k: v for k, v in (("rounds", args.rounds), ("epochs", args.epochs), ("lr", args.lr)) if v is not None})
+    if cfg.rounds < 1 or cfg.epochs < 1:
+        raise EdgeAssistError("self-imitation: --rounds and --epochs must be at least 1")
+    report = refine_guidance(args.out, args.work / "self-imitation", list(TRAIN_SEEDS)[: plan.train_seeds], cfg, seed=args.seed,
+                             workers=args.workers, batch_size=args.batch_size)
+    for r in report["rounds"]:
+        print(f"round {r['round']}: {r['episodes']} practice episodes, {r['reached']} reached the view "
+              f"(the head's best move {r['best_move_reached']:.1%}); fine-tuned on {r['frames']} frames, "
+              f"{r['imitated_frames']} with the move made")
+    print(f"refined {args.out / 'guidance.onnx'}; run `edge-assist calibrate --engines {args.out}` and "
+          f"`edge-assist eval --engines {args.out} --write` for its figures")
     return 0
 
 

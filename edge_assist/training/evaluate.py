@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_assist.frames import Frame
+from edge_assist.frames import Frame, GuidanceResult, QualityResult
 from edge_assist.guidance_memory import GuidanceFeed, memory_inputs
 from edge_assist.heads import HeadSet, lesion_decided, structure_thresholds
 from edge_assist.hints import BlindSweep, HintSmoother, MoveTrail, SmoothingConfig, hold_only_when_due, no_revisit
@@ -288,6 +288,28 @@ class PacedOperator:
         return self._t_ns
 
 
+class HintFollower:
+    """The closed loop's operator for one episode: each frame, the move the
+    hints show (no smoothing): the head's move with 'hold' only where it is
+    due (hints.hold_only_when_due), never one that leads back where the last
+    moves have been (hints.no_revisit), and a sweep back when the image stays
+    blank (hints.BlindSweep). `pick`, when given, chooses among the moves on
+    offer instead of the head's best (the self-imitation rollouts sample
+    there; training/self_imitation.py)."""
+
+    def __init__(self):
+        self.trail, self.sweep = MoveTrail(), BlindSweep()
+
+    def move(self, guidance: GuidanceResult, quality: QualityResult, moves: int, pick=None) -> str:
+        offered = hold_only_when_due(guidance, quality)
+        if pick is not None:
+            offered = pick(offered)
+        action = no_revisit(offered, self.trail).action
+        action = self.sweep.steer(action, quality.score, moves)
+        self.trail.step(action)
+        return action
+
+
 def within_every_tolerance(vp, truth: dict) -> bool:
     """The target view as judged until 2026-11-30: every pose component
     within its tolerance (and the truth quality at the threshold). A
@@ -334,7 +356,7 @@ def closed_loop(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, max_moves: int =
         pre.reset()
         stacked = GuidanceFeed(g_frames)  # heads without memory: the last frames stacked
         smoother = HintSmoother(paced.smoothing) if paced else None
-        trail, sweep = MoveTrail(), BlindSweep()
+        follower = HintFollower()
         reference, last_move = None, None
         moves, success = 0, False
         while True:
@@ -351,9 +373,7 @@ def closed_loop(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, max_moves: int =
                 guidance = heads.guidance(*stacked.inputs(prep.tensor, moves))
             quality = heads.quality(prep.tensor)
             if smoother is None:
-                action = no_revisit(hold_only_when_due(guidance, quality), trail).action
-                action = sweep.steer(action, quality.score, moves)
-                trail.step(action)
+                action = follower.move(guidance, quality, moves)
             else:
                 for _ in range(paced.frames_per_move):
                     shown = smoother.hints(moves, paced.clock_ns(), quality, guidance, None)
@@ -364,7 +384,7 @@ def closed_loop(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, max_moves: int =
             reference, last_move = prep.tensor, action
             moves += 1
         pe = vp.pose_error()
-        swept = (smoother.sweeps if smoother is not None else sweep.sweeps) > 0
+        swept = (smoother.sweeps if smoother is not None else follower.sweep.sweeps) > 0
         results.append({"preset": preset, "seed": seed, "success": success, "pose_reached": within_every_tolerance(vp, truth), "moves": moves,
                         "swept": swept,
                         "final_error": pe["total"],

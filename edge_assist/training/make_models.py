@@ -21,7 +21,7 @@ import json
 import multiprocessing as mp
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,7 @@ from edge_assist.training.common import (
     DEFAULT_SEED, EXAM_PRESETS, TRAIN_SEEDS, VAL_SEEDS, expert_action, log, progress, sim_region,
 )
 from edge_assist.training.data import INPUT_SIZE, MEAN, STD, ArrayDataset, encode_labels, mask_target, normalise
+from edge_assist.training.self_imitation import SelfImitation
 from edge_assist.vocab import ACTIONS, QUALITY_THRESHOLD
 
 CACHE_VERSION = 3  # 3: scenario frames carry lesion masks
@@ -83,6 +84,10 @@ class Plan:
     # One training draw moves the closed loop by several points (docs/TRAINING.md).
     guidance_seed: int | None = None
     dagger_beta: float = 0.3  # later rounds: probability the expert's move is executed instead of the policy's
+    # After export: the hints' operator practises with the exported heads and the guidance head is fine-tuned
+    # on the moves of the episodes that reached the view (training/self_imitation.py; docs/TRAINING.md,
+    # "Self-imitation"). None: the DAgger head is the head.
+    self_imitation: SelfImitation | None = field(default_factory=SelfImitation)
     max_moves: int = 40
     quality_epochs: int = 6
     guidance_epochs: int = 3  # round 0 (from scratch)
@@ -117,7 +122,7 @@ PLANS = {
     "tiny": Plan(train_seeds=2, val_seeds=1, frames_per_seed=4, rollout_episodes=1, dagger_episodes=1, dagger_rounds=1, max_moves=6,
                  quality_epochs=1, guidance_epochs=1, dagger_epochs=1, interpreter_extra_seeds=1, teacher_epochs=1, interpreter_epochs=1,
                  lesion_epochs=1, batch_size=16, calib_val_seeds=1, gate_extra_val_seeds=1,
-                 eval_quick=True),
+                 eval_quick=True, self_imitation=SelfImitation(samples=2, epochs=1, max_moves=6)),
 }
 
 
@@ -431,6 +436,21 @@ def helpful_actions(pose_error: dict, tol: dict) -> list[str]:
     return out
 
 
+def soft_target(action: int, pose_error: dict | None, tol: dict, label_weight: float = 0.6) -> np.ndarray:
+    """One frame's soft action target: `label_weight` on the expert's move
+    (an index into ACTIONS), the rest spread over the other moves that also
+    help (helpful_actions); all of it on the expert's move where no other
+    helps or the pose error is unknown."""
+    soft = np.zeros(len(ACTIONS), np.float32)
+    others = [ACTIONS.index(h) for h in helpful_actions(pose_error, tol) if ACTIONS.index(h) != action] if pose_error else []
+    if others:
+        soft[action] = label_weight
+        soft[others] = (1.0 - label_weight) / len(others)
+    else:
+        soft[action] = 1.0
+    return soft
+
+
 def guidance_targets(ds: ArrayDataset, label_weight: float = 0.6) -> tuple[np.ndarray, np.ndarray]:
     """Soft action targets and pose-error regression targets from the truth
     kept in the dataset's meta: label_weight on the expert's move, the rest
@@ -452,12 +472,7 @@ def guidance_targets(ds: ArrayDataset, label_weight: float = 0.6) -> tuple[np.nd
         meta = (ds.meta[i] or {}) if ds.meta else {}
         pe = meta.get("pose_error")
         tol = tolerances(meta.get("preset", ""))
-        others = [ACTIONS.index(h) for h in helpful_actions(pe, tol) if ACTIONS.index(h) != a] if pe else []
-        if others:
-            soft[i, a] = label_weight
-            soft[i, others] = (1.0 - label_weight) / len(others)
-        else:
-            soft[i, a] = 1.0
+        soft[i] = soft_target(a, pe, tol, label_weight)
         if pe and float(pe.get("contact", 0.0)) < 0.5:
             pose[i] = [np.clip(float(pe[ERROR_NAMES[k]]) / tol[k], -4, 4) for k in POSE_COMPONENTS]
     return soft, pose
@@ -735,6 +750,15 @@ def train_all(out: Path, *, plan: Plan = PLANS["full"], work: Path = Path("data/
     log(f"interpreter gate: quality >= {gate['gate']} ({gate}); structure thresholds {i_dec['structure_thresholds']}")
     stage("export", t0)
 
+    si_ckpts: list[Path] = []
+    if plan.self_imitation is not None and plan.self_imitation.rounds:
+        from edge_assist.training.self_imitation import refine_guidance
+
+        t0 = time.perf_counter()
+        si = refine_guidance(out, work / "self-imitation", tr_seeds, plan.self_imitation, seed=seed, workers=workers, batch_size=bs)
+        si_ckpts = [Path(r["checkpoint"]) for r in si["rounds"]]
+        stage("self-imitation", t0)
+
     t0 = time.perf_counter()
     if not (Path(calibration) / CALIB_FILE).is_file():
         build_calibration_frames(calibration, data_dir=data_dir, workers=workers)
@@ -752,7 +776,7 @@ def train_all(out: Path, *, plan: Plan = PLANS["full"], work: Path = Path("data/
         raw["data"]["build_seconds"] = {**times, "total": round(time.perf_counter() - t_all, 1)}
         # build_seconds are this run's: a resumed stage shows seconds; the checkpoints keep what training cost
         raw["data"]["training_seconds"] = training_seconds(
-            {"guidance": g_rounds, "quality": [q_ckpt],
+            {"guidance": g_rounds + si_ckpts, "quality": [q_ckpt],
              "teacher": [t_ckpt], "interpreter": [i_ckpt]} | ({"lesion": [l_ckpt]} if l_ckpt else {}))
         write_manifest(out, raw)
         store_evaluation(out, result)
