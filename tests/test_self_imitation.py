@@ -10,9 +10,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from edge_assist.training.self_imitation import (
-    Practice, SelfImitation, fine_tune, guidance_from_onnx, practice, practice_loss, refine_guidance,
-)
+from edge_assist.training.self_imitation import SelfImitation, fine_tune, guidance_from_onnx, practice, practice_loss, refine_guidance
+from edge_assist.vocab import ACTIONS
 
 ENGINES = Path(__file__).resolve().parents[1] / "engines"
 TINY = SelfImitation(samples=2, epochs=2, max_moves=12)
@@ -28,7 +27,7 @@ def test_guidance_from_onnx_computes_what_the_exported_head_does():
     assert np.abs(got - want).max() <= 1e-4
 
 
-def test_guidance_from_onnx_refuses_another_head(tmp_path):
+def test_guidance_from_onnx_refuses_another_head():
     with pytest.raises(ValueError, match="not a guidance head"):
         guidance_from_onnx(ENGINES / "quality.onnx")
 
@@ -47,8 +46,10 @@ def test_practice_labels_the_moves_of_the_episodes_that_reached_the_view(practis
         rows = np.flatnonzero(d.episode == ep)
         assert (d.made[rows[:-1]] >= 0).all() and d.made[rows[-1]] == -1  # a move after every frame but the last
         assert len(rows) <= TINY.max_moves + 1
-    assert set(np.flatnonzero(d.imitated)) <= set(np.flatnonzero(d.success))
-    assert d.imitated.any()  # thyroid from patient 0 is reached within 12 moves
+    assert (d.imitated == d.success).all() and d.imitated.any()  # thyroid from patient 0 is reached within 12 moves
+    ends = d.imitated & (d.made == -1)  # where the view was reached the operator holds
+    assert ends.sum() == len(np.unique(d.episode[d.success])) and (d.target[ends] == ACTIONS.index("hold")).all()
+    assert (d.target[d.made >= 0] == d.made[d.made >= 0]).all()
 
 
 def test_fine_tuning_lowers_the_practice_loss(practised):
@@ -61,7 +62,7 @@ def test_fine_tuning_lowers_the_practice_loss(practised):
             from edge_assist.training.train import to_tensor
 
             logits = model(to_tensor(d.images))[0]
-            return float(practice_loss(logits, torch.from_numpy(d.soft), torch.from_numpy(d.made), torch.from_numpy(d.imitated), TINY))
+            return float(practice_loss(logits, torch.from_numpy(d.soft), torch.from_numpy(d.target), torch.from_numpy(d.imitated), TINY))
 
     before = loss()
     history = fine_tune(model, d, replace(TINY, epochs=3, lr=1e-3), seed=1, batch_size=16)

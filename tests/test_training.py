@@ -414,7 +414,10 @@ def test_train_all_tiny_end_to_end(tmp_path):
     from edge_assist.training.make_models import PLANS, train_all
 
     out = tmp_path / "engines"
-    plan = replace(PLANS["tiny"], guidance_seed=7)  # the guidance head's own draw; the rest keeps the run's seed
+    from edge_assist.training.self_imitation import SelfImitation
+
+    # guidance_seed: the guidance head's own draw (the rest keeps the run's seed); self_imitation: the stage after export, off by default
+    plan = replace(PLANS["tiny"], guidance_seed=7, self_imitation=SelfImitation(samples=2, epochs=1, max_moves=6))
     result = train_all(out, plan=plan, work=tmp_path / "run", data_dir=tmp_path / "data",
                        calibration=tmp_path / "calib", workers=1)
     manifest = load_manifest(out)  # hashes verified
@@ -439,7 +442,7 @@ def test_train_all_tiny_end_to_end(tmp_path):
         assert (h.get("int8_file") is not None) == (name in raw["int8"]["heads"] and raw["int8"]["heads"][name]["kept"])
     assert raw["heads"]["lesion"]["input"]["shape"] == [1, 1, 64, 64] and "lesion head" not in raw["data"]["lesion_frames"]
     assert (tmp_path / "calib" / "frames.npz").stat().st_size < 2e6
-    # after export the guidance head practises with the hints and is fine-tuned (Plan.self_imitation)
+    # after export the guidance head practises with the hints and is fine-tuned (Plan.self_imitation, when set)
     si = raw["heads"]["guidance"]["training"]["self_imitation"]
     assert si["round"] == 1 and si["episodes"] == 2 * 3 * 2 and si["frames"] >= si["episodes"]
     assert (tmp_path / "run" / "self-imitation" / "guidance-self-imitation-r1.pt").is_file()

@@ -183,16 +183,16 @@ def _self_imitation(args) -> int:
     from edge_assist.manifest import load_manifest
     from edge_assist.training.common import TRAIN_SEEDS
     from edge_assist.training.make_models import PLANS
-    from edge_assist.training.self_imitation import refine_guidance
+    from edge_assist.training.self_imitation import SelfImitation, refine_guidance
 
     load_manifest(args.out)  # a readable engines folder, or a one-line error
     plan = PLANS["full"]
-    cfg = plan.self_imitation
+    cfg = plan.self_imitation or SelfImitation()  # the full plan leaves the stage off (docs/TRAINING.md)
     cfg = replace(cfg, **{k: v for k, v in (("rounds", args.rounds), ("epochs", args.epochs), ("lr", args.lr)) if v is not None})
     if cfg.rounds < 1 or cfg.epochs < 1:
         raise EdgeAssistError("self-imitation: --rounds and --epochs must be at least 1")
     report = refine_guidance(args.out, args.work / "self-imitation", list(TRAIN_SEEDS)[: plan.train_seeds], cfg, seed=args.seed,
-                             workers=args.workers, batch_size=args.batch_size)
+                             workers=args.workers, batch_size=args.batch_size, centre_depth=plan.centre_depth, centre_view=plan.centre_view)
     for r in report["rounds"]:
         print(f"round {r['round']}: {r['episodes']} practice episodes, {r['reached']} reached the view "
               f"(the head's best move {r['best_move_reached']:.1%}); fine-tuned on {r['frames']} frames, "

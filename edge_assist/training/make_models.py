@@ -21,7 +21,7 @@ import json
 import multiprocessing as mp
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -85,9 +85,10 @@ class Plan:
     guidance_seed: int | None = None
     dagger_beta: float = 0.3  # later rounds: probability the expert's move is executed instead of the policy's
     # After export: the hints' operator practises with the exported heads and the guidance head is fine-tuned
-    # on the moves of the episodes that reached the view (training/self_imitation.py; docs/TRAINING.md,
-    # "Self-imitation"). None: the DAgger head is the head.
-    self_imitation: SelfImitation | None = field(default_factory=SelfImitation)
+    # on the moves of the episodes that reached the view (training/self_imitation.py). None (the committed
+    # head): tried 2026-12-03, it moved the closed loop only as far as it moved the hints' hold at the target
+    # view (docs/TRAINING.md, "Self-imitation").
+    self_imitation: SelfImitation | None = None
     max_moves: int = 40
     quality_epochs: int = 6
     guidance_epochs: int = 3  # round 0 (from scratch)
@@ -122,7 +123,7 @@ PLANS = {
     "tiny": Plan(train_seeds=2, val_seeds=1, frames_per_seed=4, rollout_episodes=1, dagger_episodes=1, dagger_rounds=1, max_moves=6,
                  quality_epochs=1, guidance_epochs=1, dagger_epochs=1, interpreter_extra_seeds=1, teacher_epochs=1, interpreter_epochs=1,
                  lesion_epochs=1, batch_size=16, calib_val_seeds=1, gate_extra_val_seeds=1,
-                 eval_quick=True, self_imitation=SelfImitation(samples=2, epochs=1, max_moves=6)),
+                 eval_quick=True),
 }
 
 
@@ -755,7 +756,8 @@ def train_all(out: Path, *, plan: Plan = PLANS["full"], work: Path = Path("data/
         from edge_assist.training.self_imitation import refine_guidance
 
         t0 = time.perf_counter()
-        si = refine_guidance(out, work / "self-imitation", tr_seeds, plan.self_imitation, seed=seed, workers=workers, batch_size=bs)
+        si = refine_guidance(out, work / "self-imitation", tr_seeds, plan.self_imitation, seed=seed, workers=workers, batch_size=bs,
+                             centre_depth=plan.centre_depth, centre_view=plan.centre_view)
         si_ckpts = [Path(r["checkpoint"]) for r in si["rounds"]]
         stage("self-imitation", t0)
 

@@ -13,8 +13,9 @@ This stage teaches the head moves that work from what it sees:
    `samples - 1` times with the move drawn from the head's probabilities
    sharpened by 1 / `tau`;
 2. the frames of the episodes that reached the target view are labelled
-   with the move the operator made there; every frame visited keeps the
-   expert's soft target as well (make_models.soft_target, as in DAgger);
+   with the move the operator made there, and the frame where the view was
+   reached with hold; every frame visited keeps the expert's soft target as
+   well (make_models.soft_target, as in DAgger);
 3. the head is fine-tuned on both, from the exported head's own weights
    (guidance_from_onnx: BatchNorm folded, so it stays frozen), and exported
    into the engines folder in its place.
@@ -37,6 +38,7 @@ from edge_assist.training.common import EXAM_PRESETS, expert_action, log, progre
 from edge_assist.vocab import ACTIONS, QUALITY_THRESHOLD
 
 STAGE = "self-imitation"
+LABELS_VERSION = 2  # 2: hold on the frame where the view was reached (1, 2026-12-03 morning: no label there)
 PRACTICE_SEED = 0x5E1F  # the practice starts' random stream (with the round, patient, preset and episode)
 
 
@@ -125,7 +127,7 @@ def _practice_job(job) -> list[dict]:
     from edge_assist.training.evaluate import HintFollower
     from edge_assist.training.make_models import soft_target
 
-    engines, seeds, presets, cfg, rng_seed, round_ = job
+    engines, seeds, presets, cfg, rng_seed, round_, labels = job
     images, made, soft, episode, success = [], [], [], [], []
     with HeadSet(load_manifest(engines), "ort", threads=1) as heads:
         pre = heads.preprocessor()
@@ -143,7 +145,7 @@ def _practice_job(job) -> list[dict]:
                     for moves in range(cfg.max_moves + 1):
                         image, truth = vp.render()
                         prep = pre(Frame(image, moves, 0, region=vp.region))
-                        expert = ACTIONS.index(expert_action(vp, truth, centre_depth=True, centre_view=0.5))
+                        expert = ACTIONS.index(expert_action(vp, truth, **labels))
                         images.append(prep.image)
                         soft.append(soft_target(expert, truth["pose_error"], tol))
                         if truth["at_target"] and truth["quality"] >= QUALITY_THRESHOLD:
@@ -170,10 +172,18 @@ class Practice:
     soft: np.ndarray  # (N, 15) the expert's soft target
     success: np.ndarray  # the frame's episode reached the target view
     episode: np.ndarray
+    seconds: float = 0.0  # what practising took (kept with the cache)
 
     @property
     def imitated(self) -> np.ndarray:
-        return self.success & (self.made >= 0)
+        """Frames whose episode reached the target view: each is labelled (target)."""
+        return self.success.copy()
+
+    @property
+    def target(self) -> np.ndarray:
+        """The move to imitate: the one made, and hold on the frame where the view was reached (the
+        episode ends there; without it the head would learn never to say hold, since no practice move is one)."""
+        return np.where(self.made >= 0, self.made, ACTIONS.index("hold"))
 
     def episodes(self, greedy: bool | None = None) -> tuple[int, int]:
         """(episodes, reached) over all of them, or the head's-best-move ones (greedy) or the drawn ones."""
@@ -183,26 +193,30 @@ class Practice:
 
 
 def practice(engines: Path, seeds, cfg: SelfImitation, *, round_: int, rng_seed: int = PRACTICE_SEED, presets=EXAM_PRESETS,
-             workers: int = 2, cache: Path | None = None) -> Practice:
+             workers: int = 2, cache: Path | None = None, centre_depth: bool = True, centre_view: float | None = 0.5) -> Practice:
     """Practice episodes of the hints' operator with the heads in `engines`
-    (cached in `cache` under the head's hash and the settings)."""
+    (cached in `cache` under the head's hash and the settings). The expert's
+    labels as the DAgger rounds' (Plan.centre_depth, Plan.centre_view)."""
+    labels = {"centre_depth": centre_depth, "centre_view": centre_view}
     from edge_assist.training.make_models import _chunks, _run_jobs
 
     seeds = list(seeds)
     digest = hashlib.sha256((Path(engines) / "guidance.onnx").read_bytes() + (Path(engines) / "quality.onnx").read_bytes()).hexdigest()[:10]
     key = hashlib.sha1(json.dumps({"heads": digest, "seeds": [seeds[0], seeds[-1], len(seeds)], "presets": list(presets), "round": round_,
-                                   "rng": rng_seed, "samples": cfg.samples, "tau": cfg.tau, "max_moves": cfg.max_moves}).encode()).hexdigest()[:10]
+                                   "rng": rng_seed, "samples": cfg.samples, "tau": cfg.tau, "max_moves": cfg.max_moves,
+                                   **({} if labels == {"centre_depth": True, "centre_view": 0.5} else {"labels": labels})}).encode()).hexdigest()[:10]
     path = Path(cache) / f"practice{round_}-{key}.npz" if cache else None
     if path is not None and path.is_file():
         with np.load(path) as z:
-            return Practice(**{k: z[k] for k in z.files})
-    jobs = [(str(engines), chunk, tuple(presets), cfg, rng_seed, round_) for chunk in _chunks(seeds, 4)]
+            return Practice(**{k: (float(z[k]) if k == "seconds" else z[k]) for k in z.files})
+    t0 = time.perf_counter()
+    jobs = [(str(engines), chunk, tuple(presets), cfg, rng_seed, round_, labels) for chunk in _chunks(seeds, 4)]
     parts = _run_jobs(_practice_job, jobs, workers, f"practise round {round_}")  # one dict of arrays per chunk, in order
-    data = Practice(**{k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+    data = Practice(**{k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, seconds=round(time.perf_counter() - t0, 1))
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, **{k: getattr(data, k) for k in ("images", "made", "soft", "success", "episode")})
+        np.savez(tmp, **{k: getattr(data, k) for k in ("images", "made", "soft", "success", "episode", "seconds")})
         tmp.replace(path)
     return data
 
@@ -220,16 +234,16 @@ def _freeze_batchnorm(model) -> None:
             m.weight.requires_grad_(False)
 
 
-def practice_loss(logits, soft, made, imitated, cfg: SelfImitation):
+def practice_loss(logits, soft, target, imitated, cfg: SelfImitation):
     """expert_weight x cross-entropy on the expert's soft targets (every
-    frame) + imitation_weight x cross-entropy on the move made (frames of
+    frame) + imitation_weight x cross-entropy on Practice.target (frames of
     episodes that reached the view; the mean over those in the batch)."""
     import torch
 
     logp = torch.log_softmax(logits, 1)
     expert = -(soft * logp).sum(1).mean()
     w = imitated.float()
-    own = -(logp.gather(1, made.clamp(min=0)[:, None])[:, 0] * w).sum() / w.sum().clamp(min=1.0)
+    own = -(logp.gather(1, target[:, None])[:, 0] * w).sum() / w.sum().clamp(min=1.0)
     return cfg.expert_weight * expert + cfg.imitation_weight * own
 
 
@@ -248,7 +262,7 @@ def fine_tune(model, data: Practice, cfg: SelfImitation, *, seed: int, batch_siz
     opt = torch.optim.Adam(params, lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs * steps)
     rng = np.random.default_rng([seed, 0x5E1F])
-    soft, made, imitated = torch.from_numpy(data.soft), torch.from_numpy(data.made), torch.from_numpy(data.imitated)
+    soft, target, imitated = torch.from_numpy(data.soft), torch.from_numpy(data.target), torch.from_numpy(data.imitated)
     history = []
     for epoch in range(cfg.epochs):
         t0, total = time.perf_counter(), 0.0
@@ -257,7 +271,7 @@ def fine_tune(model, data: Practice, cfg: SelfImitation, *, seed: int, batch_siz
         for s in range(steps):
             idx = np.sort(order[s * batch_size:(s + 1) * batch_size])
             logits = model(to_tensor(data.images[idx]))[0]
-            loss = practice_loss(logits, soft[idx], made[idx], imitated[idx], cfg)
+            loss = practice_loss(logits, soft[idx], target[idx], imitated[idx], cfg)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -273,7 +287,8 @@ def fine_tune(model, data: Practice, cfg: SelfImitation, *, seed: int, batch_siz
 # -- the stage ---------------------------------------------------------------------------------------
 
 
-def refine_guidance(engines: Path, work: Path, seeds, cfg: SelfImitation, *, seed: int, workers: int = 2, batch_size: int = 64) -> dict:
+def refine_guidance(engines: Path, work: Path, seeds, cfg: SelfImitation, *, seed: int, workers: int = 2, batch_size: int = 64,
+                    centre_depth: bool = True, centre_view: float | None = 0.5) -> dict:
     """`cfg.rounds` rounds of practice and fine-tuning on the guidance head
     in `engines`, each exporting the refined head there in place of the one
     it started from (its manifest entry too; the temperature is the started
@@ -281,6 +296,8 @@ def refine_guidance(engines: Path, work: Path, seeds, cfg: SelfImitation, *, see
     work/self_imitation.json)."""
     from edge_assist.training.common import write_json
     from edge_assist.training.export import export_quality_or_guidance, read_manifest_json, write_manifest
+    from edge_assist.training.make_models import build_machine
+
     engines, work = Path(engines), Path(work)
     work.mkdir(parents=True, exist_ok=True)
     report = {"settings": {**cfg.__dict__, "patients_per_preset": len(list(seeds)), "seed": seed}, "rounds": []}
@@ -288,42 +305,38 @@ def refine_guidance(engines: Path, work: Path, seeds, cfg: SelfImitation, *, see
         raw = read_manifest_json(engines)
         entry = raw["heads"]["guidance"]
         ckpt = work / f"guidance-self-imitation-r{r}.pt"
-        run_key = {"stage": STAGE, "round": r, "from": entry.get("sha256"), "settings": cfg.__dict__, "seed": seed,
+        run_key = {"stage": STAGE, "labels": LABELS_VERSION, "expert": {"centre_depth": centre_depth, "centre_view": centre_view},
+                   "round": r, "from": entry.get("sha256"), "settings": cfg.__dict__, "seed": seed,
                    "seeds": [list(seeds)[0], len(list(seeds))], "batch_size": batch_size}
         done = torch_load(ckpt) if ckpt.is_file() else None
         if done is not None and done.get("run_key") == run_key:
             log(f"{STAGE} round {r}: {ckpt} is up to date; exporting it")
             ck, summary = done, done["data"]["practice"]
         else:
-            t0 = time.perf_counter()
-            data = practice(engines, seeds, cfg, round_=r, workers=workers, cache=work)
+            data = practice(engines, seeds, cfg, round_=r, workers=workers, cache=work, centre_depth=centre_depth, centre_view=centre_view)
             n_ep, n_ok = data.episodes()
             g_ep, g_ok = data.episodes(greedy=True)
             summary = {"frames": len(data.images), "imitated_frames": int(data.imitated.sum()), "episodes": n_ep, "reached": n_ok,
                        "best_move_reached": round(g_ok / max(g_ep, 1), 4), "drawn_reached": round((n_ok - g_ok) / max(n_ep - g_ep, 1), 4),
-                       "practice_seconds": round(time.perf_counter() - t0, 1)}
+                       "practice_seconds": data.seconds}
             log(f"{STAGE} round {r}: practised {summary}")
             model = guidance_from_onnx(engines / entry["file"])
             history = fine_tune(model, data, cfg, seed=seed + r, batch_size=batch_size)
             model.eval()
             digest = hashlib.sha1(data.images[:: max(1, len(data.images) // 512)].tobytes()).hexdigest()[:16]
-            ck = {"version": 1, "head": "guidance", "run_key": run_key, "model_cfg": model.cfg.to_dict(),
+            ck = {"version": 1, "head": "guidance", "run_key": run_key, "built_on": build_machine(), "model_cfg": model.cfg.to_dict(),
                   "state_dict": model.state_dict(), "history": history, "decode": dict(entry.get("decode", {})),
                   "val": {}, "data": {"n_train": len(data.images), "n_val": 0, "fingerprint": digest, "practice": summary,
                                       "self_imitation": f"round {r} from {entry.get('version')}"},
                   "complete": True}
             torch_save(ck, ckpt)
         new_entry = export_quality_or_guidance(ckpt, engines)
-        new_entry["training"] = {**entry.get("training", {}), "self_imitation": {"round": r, "from": entry.get("version"), **summary,
-                                                                                  "epochs": len(ck["history"])}}
+        new_entry["training"] = {**entry.get("training", {}), "self_imitation": {
+            "round": r, "from": entry.get("version"), **summary, "epochs": len(ck["history"]), "settings": report["settings"],
+            "built_on": ck.get("built_on")}}
         raw["heads"]["guidance"] = {**entry, **new_entry}  # its metrics are empty until `edge-assist eval --write`
         write_manifest(engines, raw)
         report["rounds"].append({"round": r, "checkpoint": str(ckpt), **summary, "history": ck["history"]})
         write_json(work / "self_imitation.json", report)
     return report
-
-
-def seconds(report: dict) -> float:
-    """Training seconds of the stage's epochs (make_models.training_seconds adds them to the guidance head's)."""
-    return round(float(sum(e["seconds"] for r in report.get("rounds", []) for e in r.get("history", []))), 1)
 
