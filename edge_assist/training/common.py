@@ -152,6 +152,16 @@ def torch_load(path: Path) -> dict:
         raise TrainingError(f"cannot read checkpoint {path} ({exc.__class__.__name__}: {exc}); delete it and retrain") from exc
 
 
+def optimiser_step(loss, opt, sched=None) -> float:
+    """One training step on `loss` (gradients cleared first); its value as a float."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    if sched is not None:
+        sched.step()
+    return float(loss.detach())
+
+
 def log(msg: str, *, enabled: bool = True) -> None:
     if enabled:
         print(msg, file=sys.stderr, flush=True)

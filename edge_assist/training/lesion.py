@@ -36,7 +36,7 @@ from edge_assist.frames import Frame
 from edge_assist.lesion_crop import CROP_SIZE, CropBox, box_around, cut
 from edge_assist.lesion_measure import measure_on_mask
 from edge_assist.training.common import (
-    DEFAULT_SEED, TrainingError, log, macro_f1_multiclass, model_device, progress, seed_everything, torch_load, torch_save,
+    DEFAULT_SEED, TrainingError, log, macro_f1_multiclass, model_device, optimiser_step, progress, seed_everything, torch_load, torch_save,
     training_device,
 )
 from edge_assist.training.data import MEAN, STD, normalise
@@ -356,12 +356,7 @@ def train_lesion(train: LesionFrames, val: LesionFrames, out_dir: Path, *, epoch
             idx = order[s * batch_size : (s + 1) * batch_size]
             x, tgt, ye, ym = (t.to(dev) for t in make_batch(train, tr_boxes, idx, rng))
             e, m, mlog = model.logits(x)
-            loss = _ce(e, ye, w_echo) + _ce(m, ym, w_marg) + mask_loss(mlog, tgt)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach())
+            total += optimiser_step(_ce(e, ye, w_echo) + _ce(m, ym, w_marg) + mask_loss(mlog, tgt), opt, sched)
             bar.update(1)
         bar.close()
         crops = np.stack([crop_pair(val.regions[i], None, box_around(*va_boxes[i]))[0] for i in va_idx])

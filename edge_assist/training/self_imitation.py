@@ -34,7 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_assist.training.common import EXAM_PRESETS, expert_action, log, progress, seed_everything, set_torch_threads, torch_load, torch_save
+from edge_assist.training.common import (
+    EXAM_PRESETS, expert_action, log, optimiser_step, progress, seed_everything, set_torch_threads, torch_load, torch_save,
+)
 from edge_assist.vocab import ACTIONS, QUALITY_THRESHOLD
 
 STAGE = "self-imitation"
@@ -202,9 +204,9 @@ def practice(engines: Path, seeds, cfg: SelfImitation, *, round_: int, rng_seed:
 
     seeds = list(seeds)
     digest = hashlib.sha256((Path(engines) / "guidance.onnx").read_bytes() + (Path(engines) / "quality.onnx").read_bytes()).hexdigest()[:10]
-    key = hashlib.sha1(json.dumps({"heads": digest, "seeds": [seeds[0], seeds[-1], len(seeds)], "presets": list(presets), "round": round_,
-                                   "rng": rng_seed, "samples": cfg.samples, "tau": cfg.tau, "max_moves": cfg.max_moves,
-                                   **({} if labels == {"centre_depth": True, "centre_view": 0.5} else {"labels": labels})}).encode()).hexdigest()[:10]
+    key = {"heads": digest, "seeds": [seeds[0], seeds[-1], len(seeds)], "presets": list(presets), "round": round_, "rng": rng_seed,
+           "samples": cfg.samples, "tau": cfg.tau, "max_moves": cfg.max_moves, "labels": labels}
+    key = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
     path = Path(cache) / f"practice{round_}-{key}.npz" if cache else None
     if path is not None and path.is_file():
         with np.load(path) as z:
@@ -271,12 +273,7 @@ def fine_tune(model, data: Practice, cfg: SelfImitation, *, seed: int, batch_siz
         for s in range(steps):
             idx = np.sort(order[s * batch_size:(s + 1) * batch_size])
             logits = model(to_tensor(data.images[idx]))[0]
-            loss = practice_loss(logits, soft[idx], target[idx], imitated[idx], cfg)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach())
+            total += optimiser_step(practice_loss(logits, soft[idx], target[idx], imitated[idx], cfg), opt, sched)
             bar.update(1)
         bar.close()
         history.append({"epoch": epoch + 1, "train_loss": round(total / steps, 5), "seconds": round(time.perf_counter() - t0, 1)})
