@@ -37,7 +37,7 @@ def register(sub) -> None:
     p.add_argument("--plan", default="full", help="train all: full (the committed models) or tiny (a smoke run)")
     p.add_argument("--work", type=Path, default=Path("data/run"),
                    help="train all / self-imitation: checkpoints and logs (default data/run; self-imitation: WORK/self-imitation)")
-    p.add_argument("--rounds", type=int, help="self-imitation: rounds of practice and fine-tuning (default: the full plan's)")
+    p.add_argument("--rounds", type=int, help="self-imitation: rounds of practice and fine-tuning (default 1)")
     p.add_argument("--data-dir", type=Path, default=Path("data"), help="train all: simulator data cache (default data/)")
     p.add_argument("--calibration", type=Path, default=Path("calibration"), help="train all: calibration frames folder")
     p.add_argument("--workers", type=int, default=2, help="train all: rendering processes (default 2)")
@@ -196,7 +196,7 @@ def _self_imitation(args) -> int:
     for r in report["rounds"]:
         print(f"round {r['round']}: {r['episodes']} practice episodes, {r['reached']} reached the view "
               f"(the head's best move {r['best_move_reached']:.1%}); fine-tuned on {r['frames']} frames, "
-              f"{r['imitated_frames']} with the move made")
+              f"{r['imitated_frames']} of them from episodes that reached the view")
     print(f"refined {args.out / 'guidance.onnx'}; run `edge-assist calibrate --engines {args.out}` and "
           f"`edge-assist eval --engines {args.out} --write` for its figures")
     return 0

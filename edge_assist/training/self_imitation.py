@@ -22,6 +22,11 @@ This stage teaches the head moves that work from what it sees:
 
 Practice uses the ONNX heads through the run-time path (HeadSet), as the
 evaluation does; only the fine-tuning needs torch.
+
+Off for the committed head (make_models.Plan.self_imitation None): without
+the hold label in step 2 the closed loop rose 3-4 points only because the
+head unlearnt hold, and with it the closed loop did not move beyond what
+the hints' hold rule moves (docs/TRAINING.md, "Self-imitation").
 """
 
 from __future__ import annotations
