@@ -264,7 +264,7 @@ def fine_tune(model, data: Practice, cfg: SelfImitation, *, seed: int, batch_siz
     seed_everything(seed)
     model.train()
     _freeze_batchnorm(model)
-    params = [p for n, p in model.named_parameters() if p.requires_grad and ".out.pose." not in n]
+    params = [p for p in model.parameters() if p.requires_grad]  # the pose output gets no gradient: Adam leaves it as it is
     steps = max(1, len(data.images) // batch_size)
     opt = torch.optim.Adam(params, lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs * steps)
@@ -302,14 +302,15 @@ def refine_guidance(engines: Path, work: Path, seeds, cfg: SelfImitation, *, see
 
     engines, work = Path(engines), Path(work)
     work.mkdir(parents=True, exist_ok=True)
-    report = {"settings": {**cfg.__dict__, "patients_per_preset": len(list(seeds)), "seed": seed}, "rounds": []}
+    seeds = list(seeds)
+    report = {"settings": {**cfg.__dict__, "patients_per_preset": len(seeds), "seed": seed}, "rounds": []}
     for r in range(1, cfg.rounds + 1):
         raw = read_manifest_json(engines)
         entry = raw["heads"]["guidance"]
         ckpt = work / f"guidance-self-imitation-r{r}.pt"
         run_key = {"stage": STAGE, "labels": LABELS_VERSION, "expert": {"centre_depth": centre_depth, "centre_view": centre_view},
                    "round": r, "from": entry.get("sha256"), "settings": cfg.__dict__, "seed": seed,
-                   "seeds": [list(seeds)[0], len(list(seeds))], "batch_size": batch_size}
+                   "seeds": [seeds[0], len(seeds)], "batch_size": batch_size}
         done = torch_load(ckpt) if ckpt.is_file() else None
         if done is not None and done.get("run_key") == run_key:
             log(f"{STAGE} round {r}: {ckpt} is up to date; exporting it")
