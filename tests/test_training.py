@@ -16,6 +16,8 @@ onnx = pytest.importorskip("onnx")
 from edge_assist.training.common import auroc, spearman  # noqa: E402
 from edge_assist.training.make_models import concat, rollouts, sim_frames  # noqa: E402
 
+ENGINES = Path(__file__).resolve().parents[1] / "engines"  # the committed models
+
 
 @pytest.fixture(scope="module")
 def sim_data(tmp_path_factory):
@@ -287,6 +289,11 @@ def test_eval_quick_returns_the_keys_without_torch(tiny_engines_128):
         assert 0.0 <= lo <= run["closed_loop_success"] <= hi <= 1.0
         # episodes in which the hints swept back on a blank image, and how many of them reached the view
         assert 0 <= run["swept"]["succeeded"] <= run["swept"]["episodes"] <= g["episodes"]
+    # the same starts, the operator stopping where the hints first say hold
+    settled = g["closed_loop_settled"]
+    assert set(settled["by_preset"]) == set(g["success_by_preset"])
+    assert 0.0 <= settled["success"] <= settled["ended_on_hold"] <= 1.0
+    assert settled["success_ci95"][0] <= settled["success"] <= settled["success_ci95"][1]
     # the expert reaches the target from the same starts: the task itself is solvable
     assert g["expert_closed_loop_success"] == 1.0
     assert set(r["real_frames"]) >= {"examples_ybr_color", "examples_rgb_color", "examples_palette", "palette_lowest"}
@@ -325,6 +332,39 @@ def test_eval_closed_loop_alone_on_a_pool_of_patients(tiny_engines_128, capsys):
         assert len(err.splitlines()) == 1 and "--closed-loop" in err and "Traceback" not in err
     assert main(["eval", "--closed-loop", "validation:0:1", "--write", "--engines", str(tiny_engines_128)]) == 2
     assert "--write" in capsys.readouterr().err
+    # --until-hold adds the operator who stops on the first hold; alone it is one line and exit 2
+    assert main(["eval", "--closed-loop", "validation:0:1", "--until-hold", "--engines", str(tiny_engines_128)]) == 0
+    assert "stopping where the hints first say hold" in capsys.readouterr().out
+    assert main(["eval", "--until-hold", "--engines", str(tiny_engines_128)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--closed-loop" in err
+
+
+def test_until_hold_the_operator_stops_on_the_first_hold_and_is_judged_there():
+    """closed_loop(until_hold=True) on the committed heads: an episode goes on
+    past the target view until the hints show hold; it succeeds only where
+    that hold is on the target view, so success implies a hold, and the
+    plain loop (which stops on reaching the view) succeeds at least as often
+    as the view is reached before the stop."""
+    from edge_assist.heads import HeadSet
+    from edge_assist.manifest import load_manifest
+    from edge_assist.training.common import VAL_SEEDS
+    from edge_assist.training.evaluate import closed_loop, settled_summary
+
+    seeds = list(VAL_SEEDS)[500:504]
+    with HeadSet(load_manifest(ENGINES), backend="ort", precision="fp32", threads=1) as heads:
+        plain = closed_loop(heads, seeds)
+        until = closed_loop(heads, seeds, until_hold=True)
+        summary = settled_summary(heads, seeds)
+    assert "until_hold" not in plain and until["episodes"] == plain["episodes"] == 12
+    u = until["until_hold"]
+    assert until["closed_loop_success"] <= u["ended_on_hold"]
+    # the same starts and the same moves up to the first hold or the view: the plain loop, which goes on
+    # after a hold (the next frame may show a move), reaches the view at least as often
+    assert u["reached_before_the_stop"] <= plain["closed_loop_success"]
+    assert summary["success"] == until["closed_loop_success"] and summary["ended_on_hold"] == u["ended_on_hold"]
+    if u["ended_on_hold"]:
+        assert summary["hold_on_view"] == pytest.approx(until["closed_loop_success"] / u["ended_on_hold"], abs=1e-4)
 
 
 def _ddp_worker(ctx, data, out):

@@ -71,6 +71,9 @@ def register(sub) -> None:
     p.add_argument("--closed-loop", metavar="POOL:START:STOP",
                    help="only the closed loop, on patients START..STOP-1 of POOL (held-out, validation, training): "
                         "judge a retrained guidance head on validation patients, e.g. validation:500:640")
+    p.add_argument("--until-hold", action="store_true",
+                   help="with --closed-loop: also run the same starts with the operator stopping where the hints "
+                        "first say hold, and report how often that is the target view")
     p.set_defaults(func=cmd_eval)
 
 
@@ -266,11 +269,14 @@ def cmd_calibrate(args) -> int:
 def cmd_eval(args) -> int:
     from edge_assist.training.evaluate import closed_loop_lines, closed_loop_only, evaluate, summary_lines
 
+    if args.until_hold and not args.closed_loop:
+        raise EdgeAssistError("--until-hold goes with --closed-loop POOL:START:STOP "
+                              "(the whole evaluation always reports it, as closed_loop_settled)")
     if args.closed_loop:
         if args.write or args.quick:
             raise EdgeAssistError("--closed-loop runs the closed loop alone: drop --write / --quick "
                                   "(the model card's figures come from the whole held-out evaluation)")
-        result = closed_loop_only(args.engines, args.closed_loop, backend=args.backend, threads=args.threads)
+        result = closed_loop_only(args.engines, args.closed_loop, backend=args.backend, threads=args.threads, until_hold=args.until_hold)
         print(json.dumps(result, indent=2) if args.json else "\n".join(closed_loop_lines(result)))
         return 0
     result = evaluate(args.engines, quick=args.quick, backend=args.backend, threads=args.threads, int8=not args.no_int8)

@@ -323,7 +323,7 @@ def within_every_tolerance(vp, truth: dict) -> bool:
 
 
 def closed_loop(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, max_moves: int = MAX_MOVES, rng_seed: int = RNG_SEED,
-                desc: str = "closed loop", paced: PacedOperator | None = None) -> dict:
+                desc: str = "closed loop", paced: PacedOperator | None = None, until_hold: bool = False) -> dict:
     """A simulated operator follows the guidance from a random start, one
     move per frame: the head's move as the hints show it, with 'hold' only
     where the quality head finds the view good or flags lost contact
@@ -341,7 +341,15 @@ def closed_loop(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, max_moves: int =
     cuts; settings within tolerance) with truth quality at the threshold.
     `pose_reached` (a diagnostic) is the share of episodes that end with
     every pose component within its tolerance, the test used until
-    2026-11-30 (within_every_tolerance)."""
+    2026-11-30 (within_every_tolerance).
+
+    With `until_hold`, the episode does not end when the view is reached:
+    the operator goes on until the hints show hold, stops there, and
+    success is the target view where they stopped (a hold elsewhere, or
+    no hold within `max_moves`, fails). That asks what a user who stops on
+    `hold` gets; the plain loop asks whether following the arrow reaches
+    the view at all (settled_summary; docs/TRAINING.md, "Reached and
+    settled")."""
     from edge_assist.sim.patient import ERROR_NAMES, VirtualPatient
 
     pre = heads.preprocessor()
@@ -358,10 +366,12 @@ def closed_loop(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, max_moves: int =
         smoother = HintSmoother(paced.smoothing) if paced else None
         follower = HintFollower()
         reference, last_move = None, None
-        moves, success = 0, False
+        moves, success, reached, held = 0, False, False, False
         while True:
             image, truth = vp.render()
-            if truth["at_target"] and truth["quality"] >= QUALITY_THRESHOLD:
+            on_view = bool(truth["at_target"] and truth["quality"] >= QUALITY_THRESHOLD)
+            reached = reached or on_view
+            if on_view and not until_hold:
                 success = True
                 break
             if moves >= max_moves:
@@ -378,6 +388,9 @@ def closed_loop(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, max_moves: int =
                 for _ in range(paced.frames_per_move):
                     shown = smoother.hints(moves, paced.clock_ns(), quality, guidance, None)
                 action = shown.guidance.action
+            if until_hold and action == "hold":  # the operator stops here
+                success, held = on_view, True
+                break
             visited_ok += action == truth["action"]
             visited_n += 1
             vp.move(action)
@@ -386,7 +399,7 @@ def closed_loop(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, max_moves: int =
         pe = vp.pose_error()
         swept = (smoother.sweeps if smoother is not None else follower.sweep.sweeps) > 0
         results.append({"preset": preset, "seed": seed, "success": success, "pose_reached": within_every_tolerance(vp, truth), "moves": moves,
-                        "swept": swept,
+                        "swept": swept, "reached": reached, "held": held,
                         "final_error": pe["total"],
                         "final": {k: abs(float(pe[name])) / vp.tol[k] for k, name in ERROR_NAMES.items()}})
     succ = np.array([r["success"] for r in results])
@@ -408,7 +421,27 @@ def closed_loop(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, max_moves: int =
         # episodes in which the hints swept back on a blank image (hints.BlindSweep), and how many of those succeeded
         "swept": {"episodes": int(sum(r["swept"] for r in results)),
                   "succeeded": int(sum(r["swept"] and r["success"] for r in results))},
+        **({"until_hold": {"ended_on_hold": round(float(np.mean([r["held"] for r in results])), 4),
+                           "reached_before_the_stop": round(float(np.mean([r["reached"] for r in results])), 4)}} if until_hold else {}),
     }
+
+
+def settled_summary(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, desc: str = "closed loop (until hold)") -> dict:
+    """The closed loop with the operator stopping where the hints first show
+    hold (closed_loop(until_hold=True)): `success`, the share of episodes
+    that stop on the target view, with its 95 % interval and per preset;
+    `ended_on_hold`, the share that stopped on a hold at all (the rest were
+    still moving after MAX_MOVES); `hold_on_view`, the share of those holds
+    that were on the target view; `reached_before_the_stop`, the share that
+    were on the view at some frame before they stopped or ran out of moves
+    (the plain closed loop's success, but from an operator who did not
+    stop there)."""
+    r = closed_loop(heads, seeds, presets, desc=desc, until_hold=True)
+    u = r["until_hold"]
+    return {"success": r["closed_loop_success"], "success_ci95": r["closed_loop_success_ci95"], "by_preset": r["success_by_preset"],
+            "ended_on_hold": u["ended_on_hold"],
+            "hold_on_view": round(r["closed_loop_success"] / u["ended_on_hold"], 4) if u["ended_on_hold"] else float("nan"),
+            "reached_before_the_stop": u["reached_before_the_stop"], "median_moves": r["median_moves"]}
 
 
 POSE_DRAWS = 20  # hold_decisions: draws of a pose of the kind asked for
@@ -544,6 +577,8 @@ def evaluate(engines: Path | None = None, *, quick: bool = False, backend: str =
                                                                       "median_moves", "swept")},
                               # share of views on which the hints say hold: right at the target, wrong when off
                               "hold_said": hold_decisions(heads, list(EVAL_SEEDS)[2000 : 2000 + size.hold_seeds]),
+                              # the same starts, the operator stopping where the hints first say hold: on the view?
+                              "closed_loop_settled": settled_summary(heads, loop_seeds),
                               # the same starts driven by the simulator's expert: the task is solvable in 40 moves
                               "expert_closed_loop_success": round(expert_closed_loop(loop_seeds), 4)}
         result["interpreter"] = fm["interpreter"]
@@ -591,16 +626,19 @@ def parse_patients(spec: str) -> tuple[str, int, int]:
     return parts[0], start, stop
 
 
-def closed_loop_only(engines: Path | None, spec: str, *, backend: str = "ort", threads: int = 1) -> dict:
+def closed_loop_only(engines: Path | None, spec: str, *, backend: str = "ort", threads: int = 1, until_hold: bool = False) -> dict:
     """The closed loop alone (one move per frame, the eval's operator) from one
     random start per patient and preset of a pool's [START:STOP]: how a
     retrained guidance head is judged and chosen on validation patients
-    before the held-out evaluation is read."""
+    before the held-out evaluation is read. `until_hold` adds the same
+    starts with the operator stopping on the first hold (settled_summary)."""
     t0 = time.perf_counter()
     pool, start, stop = parse_patients(spec)
     seeds = list(PATIENT_POOLS[pool])[start:stop]
     with HeadSet(load_manifest(engines), backend=backend, precision="fp32", threads=threads) as heads:
         cl = closed_loop(heads, seeds, desc=f"closed loop ({spec})")
+        if until_hold:
+            cl["closed_loop_settled"] = settled_summary(heads, seeds, desc=f"closed loop until hold ({spec})")
     return {"guidance": cl, "setup": {"patients": f"{pool} [{start}:{stop}] ({len(seeds)} per preset, seeds {seeds[0]}-{seeds[-1]})",
                                       "backend": backend, "threads": threads, "max_moves": MAX_MOVES,
                                       "seconds": round(time.perf_counter() - t0, 1)}}
@@ -610,7 +648,17 @@ def closed_loop_lines(r: dict) -> list[str]:
     g = r["guidance"]
     return [f"closed loop on {r['setup']['patients']}: {g['closed_loop_success']} (95 % CI {_interval(g['closed_loop_success_ci95'])}; "
             f"{g['episodes']} episodes; " + ", ".join(f"{k} {v}" for k, v in g["success_by_preset"].items())
-            + f"; median {g['median_moves']} moves; top-1 on the states visited {g['top1_on_visited']})"]
+            + f"; median {g['median_moves']} moves; top-1 on the states visited {g['top1_on_visited']})"] + settled_lines(g)
+
+
+def settled_lines(g: dict) -> list[str]:
+    s = g.get("closed_loop_settled")
+    if not s:
+        return []
+    return [f"stopping where the hints first say hold: on the target view {s['success']} (95 % CI {_interval(s['success_ci95'])}; "
+            + ", ".join(f"{k} {v}" for k, v in s["by_preset"].items())
+            + f"); ended on a hold {s['ended_on_hold']}, of those on the view {s['hold_on_view']}; "
+            f"on the view at some frame before the stop {s['reached_before_the_stop']}"]
 
 
 def _interval(ci) -> str:
@@ -634,6 +682,7 @@ def summary_lines(r: dict) -> list[str]:
         f"every pose component within tolerance at the end (diagnostic, the test until 2026-11-30): {g.get('pose_reached')} of the episodes",
         "hints say hold: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in (g.get("hold_said") or {}).items()
                                        if not isinstance(v, dict) and k != "views_each"),
+        *settled_lines(g),
         f"interpreter: findings macro-F1 {i.get('findings_macro_f1')} (95 % CI {_interval(i.get('findings_macro_f1_ci95'))}; "
         f"{i.get('findings_macro_f1_supported')} over the terms with {MIN_TERM_SUPPORT}+ positive frames, leaving out "
         f"{_fmt_support(i.get('terms_below_support'))})  size MAE {i.get('size_mae_mm')} mm  "
