@@ -47,10 +47,13 @@ def test_hold_is_shown_only_on_a_good_view_or_lost_contact():
     shown = hold_only_when_due(hold, poor)
     assert shown.action == "slide_left" and shown.confidence == 0.3 and shown.probs["hold"] == 0.0
     assert hold_only_when_due(hold, QualityResult(0.8, [], {})).action == "hold"  # view reached (hold at even odds)
-    unsure = GuidanceResult("hold", 0.45, {"hold": 0.45, "slide_left": 0.35, "fan_away": 0.2})
+    unsure = GuidanceResult("slide_left", 0.45, {"hold": 0.25, "slide_left": 0.45, "fan_away": 0.3})
     assert hold_only_when_due(unsure, QualityResult(0.8, [], {})).action == "slide_left"  # good, but hold is not sure
-    assert hold_only_when_due(unsure, QualityResult(0.9, [], {})).action == "hold"  # sure enough: clearly good
-    assert hold_only_when_due(unsure, QualityResult(0.8, [], {}), confidence=0.4).action == "hold"
+    assert hold_only_when_due(unsure, QualityResult(0.8, [], {})).probs["hold"] == 0.0  # nor on offer to a later rule
+    assert hold_only_when_due(unsure, QualityResult(0.9, [], {})) is unsure  # clearly good: hold stays on offer
+    assert hold_only_when_due(unsure, QualityResult(0.8, [], {}), confidence=0.2) is unsure
+    likely = GuidanceResult("slide_left", 0.4, {"hold": 0.35, "slide_left": 0.4, "fan_away": 0.25})
+    assert hold_only_when_due(likely, QualityResult(0.8, [], {})) is likely  # hold at 0.35 is on offer on a good view
     assert hold_only_when_due(hold, QualityResult(0.6, [], {})).action == "slide_left"  # diagnostic, but the meter is not in its good band
     assert hold_only_when_due(hold, QualityResult(0.1, ["no_contact"], {})).action == "hold"  # re-seat the probe
     move = GuidanceResult("fan_away", 0.6, {"fan_away": 0.6, "hold": 0.4})
