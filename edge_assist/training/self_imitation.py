@@ -184,7 +184,7 @@ class Practice:
     @property
     def imitated(self) -> np.ndarray:
         """Frames whose episode reached the target view: each is labelled (target)."""
-        return self.success.copy()
+        return self.success
 
     @property
     def target(self) -> np.ndarray:
@@ -204,9 +204,9 @@ def practice(engines: Path, seeds, cfg: SelfImitation, *, round_: int, rng_seed:
     """Practice episodes of the hints' operator with the heads in `engines`
     (cached in `cache` under the head's hash and the settings). The expert's
     labels as the DAgger rounds' (Plan.centre_depth, Plan.centre_view)."""
-    labels = {"centre_depth": centre_depth, "centre_view": centre_view}
     from edge_assist.training.make_models import _chunks, _run_jobs
 
+    labels = {"centre_depth": centre_depth, "centre_view": centre_view}
     seeds = list(seeds)
     digest = hashlib.sha256((Path(engines) / "guidance.onnx").read_bytes() + (Path(engines) / "quality.onnx").read_bytes()).hexdigest()[:10]
     key = {"heads": digest, "seeds": [seeds[0], seeds[-1], len(seeds)], "presets": list(presets), "round": round_, "rng": rng_seed,
