@@ -13,6 +13,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+from edge_assist.best_view import BackToBest
 from edge_assist.frames import GuidanceResult, Hints, InterpreterResult, QualityResult
 from edge_assist.vocab import ACTION_TEXT, REASON_TEXT, REVERSE_ACTION
 
@@ -195,6 +196,9 @@ class BlindSweep:
         return action
 
 
+BACK_SETTLE_MOVES = 0.5  # the smoother's BackToBest: how long (in moves) to wait for the meter after the way back
+
+
 @dataclass
 class SmoothingConfig:
     alpha: float = 0.35  # EMA weight of the newest frame
@@ -209,9 +213,10 @@ class SmoothingConfig:
     # 1 s helps an operator making one move every 0.5 s or 1 s alike).
     reversal_detour_s: float = 1.0
     revisit_moves: int = REVISIT_MOVES  # MoveTrail horizon, in shown moves
-    # BlindSweep over time: how long the operator takes for one move (the
-    # sweep's move counts become seconds); None switches the sweep off.
-    sweep_move_s: float | None = 0.5
+    # How long the operator takes for one move: BlindSweep's and
+    # BackToBest's move counts become seconds. None switches both off.
+    move_s: float | None = 0.5
+    back_to_best: bool = True  # go back to the best view seen (best_view.BackToBest)
 
 
 class HintSmoother:
@@ -231,12 +236,18 @@ class HintSmoother:
         self._barred_until_ns = 0
         # The moves shown, each taken as one step the operator made.
         self._trail = MoveTrail(self.cfg.revisit_moves)
-        self._sweep = BlindSweep(unit=self.cfg.sweep_move_s) if self.cfg.sweep_move_s else None
+        self._sweep = BlindSweep(unit=self.cfg.move_s) if self.cfg.move_s else None
+        self._back = BackToBest(GOOD_QUALITY, unit=self.cfg.move_s, settle=BACK_SETTLE_MOVES) if self.cfg.move_s and self.cfg.back_to_best else None
 
     @property
     def sweeps(self) -> int:
         """Sweeps back on a blank image since reset (BlindSweep)."""
         return self._sweep.sweeps if self._sweep is not None else 0
+
+    @property
+    def returns(self) -> int:
+        """Ways back to the best view seen since reset (BackToBest)."""
+        return self._back.returns if self._back is not None else 0
 
     def _ema(self, old: float | None, new: float) -> float:
         return new if old is None else old + self.cfg.alpha * (new - old)
@@ -255,21 +266,23 @@ class HintSmoother:
 
     def guidance(self, g: GuidanceResult, t_ns: int | None = None, score: float | None = None) -> GuidanceResult:
         """The move to show. `score`: the (smoothed) quality meter, for the
-        sweep on a blank image (BlindSweep); without it there is none."""
+        sweep on a blank image (BlindSweep) and the way back to the best
+        view seen (BackToBest); without it there are neither."""
         t_ns = time.monotonic_ns() if t_ns is None else t_ns
         probs = g.probs or {g.action: g.confidence}
         for name, p in probs.items():
             self._action_p[name] = self._ema(self._action_p.get(name), p)
         if self._barred is not None and t_ns >= self._barred_until_ns:
             self._barred = None
-        sweep = self._sweep if score is not None else None
-        if sweep is None or not sweep.active:  # while a sweep runs it shows its move (below); challengers wait
+        rules = [r for r in (self._sweep, self._back) if r is not None] if score is not None else []
+        if not any(r.active for r in rules):  # while a rule shows its own moves (below), challengers wait
             self._follow_head(t_ns)
-        if sweep is not None:
-            shown = sweep.steer(self._action, score, t_ns / 1e9)
-            if shown != self._action:
-                self._action, self._challenger, self._challenger_frames = shown, None, 0
-                self._trail.step(shown)
+        shown = self._action
+        for rule in rules:
+            shown = rule.steer(shown, score, t_ns / 1e9)
+        if shown != self._action:
+            self._action, self._challenger, self._challenger_frames = shown, None, 0
+            self._trail.step(shown)
         return GuidanceResult(self._action, self._action_p.get(self._action, 0.0), dict(self._action_p))
 
     def _follow_head(self, t_ns: int) -> None:
@@ -302,7 +315,8 @@ class HintSmoother:
         qs = self.quality(q)
         gs = self.guidance(hold_only_when_due(g, q), t_capture_ns, score=qs.score)
         sweeping = self._sweep is not None and self._sweep.active
-        return Hints(frame_index, t_capture_ns, qs, gs, interp, quality_text(qs), guidance_text(gs, qs, sweeping))
+        returning = self._back is not None and self._back.returning
+        return Hints(frame_index, t_capture_ns, qs, gs, interp, quality_text(qs), guidance_text(gs, qs, sweeping, returning))
 
 
 def quality_text(q: QualityResult) -> str:
@@ -313,11 +327,14 @@ def quality_text(q: QualityResult) -> str:
     return "Image quality limited"
 
 
-def guidance_text(g: GuidanceResult, q: QualityResult | None = None, sweeping: bool = False) -> str:
+def guidance_text(g: GuidanceResult, q: QualityResult | None = None, sweeping: bool = False, returning: bool = False) -> str:
     # "Hold" is also the right move while contact is being restored: only call
     # the view good when the quality meter agrees.
     if g.action == "hold" and q is not None and (q.score < GOOD_QUALITY or q.reasons):
         return "Hold position – fix the image first" if q.reasons else "Hold position"
     text = ACTION_TEXT.get(g.action, g.action)
-    # Say why the arrow turns back (BlindSweep): the operator sees no image either.
-    return f"Nothing in view – go back: {text[0].lower()}{text[1:]}" if sweeping else text
+    # Say why the arrow turns back: the operator sees no image either (BlindSweep),
+    # or saw a better one a moment ago (BackToBest).
+    if sweeping:
+        return f"Nothing in view – go back: {text[0].lower()}{text[1:]}"
+    return f"Back to the better view: {text[0].lower()}{text[1:]}" if returning else text

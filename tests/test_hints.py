@@ -202,7 +202,7 @@ def test_blind_sweep_budget_is_per_blank_spell():
 
 
 def test_smoother_sweeps_back_over_time_on_a_blank_image():
-    s = HintSmoother(SmoothingConfig(sweep_move_s=0.5))
+    s = HintSmoother(SmoothingConfig(move_s=0.5))
     blank = QualityResult(0.0, ["shadowing"], {"shadowing": 0.9})
     head = GuidanceResult("slide_head", 0.7, {"slide_head": 0.7, "slide_feet": 0.1, "depth_up": 0.2})
     shown = [s.hints(i, int(i * 1e9 / 30), blank, head, None).guidance.action for i in range(300)]  # 10 s at 30 fps
@@ -216,7 +216,7 @@ def test_smoother_sweeps_back_over_time_on_a_blank_image():
     assert {s2.hints(i, int(i * 1e9 / 30), fair, head, None).guidance.action for i in range(300)} == {"slide_head"}
     s3 = HintSmoother()
     assert {s3.guidance(head, int(i * 1e9 / 30)).action for i in range(300)} == {"slide_head"}
-    assert HintSmoother(SmoothingConfig(sweep_move_s=None)).sweeps == 0
+    assert HintSmoother(SmoothingConfig(move_s=None)).sweeps == 0
 
 
 def test_the_text_says_why_the_arrow_turns_back():

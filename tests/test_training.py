@@ -289,11 +289,14 @@ def test_eval_quick_returns_the_keys_without_torch(tiny_engines_128):
         assert 0.0 <= lo <= run["closed_loop_success"] <= hi <= 1.0
         # episodes in which the hints swept back on a blank image, and how many of them reached the view
         assert 0 <= run["swept"]["succeeded"] <= run["swept"]["episodes"] <= g["episodes"]
+        # ... and in which they went back to the best view seen
+        assert 0 <= run["went_back"]["succeeded"] <= run["went_back"]["episodes"] <= g["episodes"]
     # the same starts, the operator stopping where the hints first say hold
     settled = g["closed_loop_settled"]
     assert set(settled["by_preset"]) == set(g["success_by_preset"])
     assert 0.0 <= settled["success"] <= settled["ended_on_hold"] <= 1.0
     assert settled["success_ci95"][0] <= settled["success"] <= settled["success_ci95"][1]
+    assert 0 <= settled["went_back"]["succeeded"] <= settled["went_back"]["episodes"] <= g["episodes"]
     # the expert reaches the target from the same starts: the task itself is solvable
     assert g["expert_closed_loop_success"] == 1.0
     assert set(r["real_frames"]) >= {"examples_ybr_color", "examples_rgb_color", "examples_palette", "palette_lowest"}
@@ -363,6 +366,7 @@ def test_until_hold_the_operator_stops_on_the_first_hold_and_is_judged_there():
     # after a hold (the next frame may show a move), reaches the view at least as often
     assert u["reached_before_the_stop"] <= plain["closed_loop_success"]
     assert summary["success"] == until["closed_loop_success"] and summary["ended_on_hold"] == u["ended_on_hold"]
+    assert summary["went_back"] == until["went_back"]
     if u["ended_on_hold"]:
         assert summary["hold_on_view"] == pytest.approx(until["closed_loop_success"] / u["ended_on_hold"], abs=1e-4)
 

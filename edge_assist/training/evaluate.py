@@ -30,10 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_assist.best_view import BackToBest
 from edge_assist.frames import Frame, GuidanceResult, QualityResult
 from edge_assist.guidance_memory import GuidanceFeed, memory_inputs
 from edge_assist.heads import HeadSet, lesion_decided, structure_thresholds
-from edge_assist.hints import BlindSweep, HintSmoother, MoveTrail, SmoothingConfig, hold_only_when_due, no_revisit
+from edge_assist.hints import GOOD_QUALITY, BlindSweep, HintSmoother, MoveTrail, SmoothingConfig, hold_only_when_due, no_revisit
 from edge_assist.lesion_measure import lesion_size_frac
 from edge_assist.manifest import load_manifest
 from edge_assist.training.common import (
@@ -292,13 +293,15 @@ class HintFollower:
     """The closed loop's operator for one episode: each frame, the move the
     hints show (no smoothing): the head's move with 'hold' only where it is
     due (hints.hold_only_when_due), never one that leads back where the last
-    moves have been (hints.no_revisit), and a sweep back when the image stays
-    blank (hints.BlindSweep). `pick`, when given, chooses among the moves on
+    moves have been (hints.no_revisit), a sweep back when the image stays
+    blank (hints.BlindSweep), and the way back to the best view seen
+    (best_view.BackToBest). `pick`, when given, chooses among the moves on
     offer instead of the head's best (the self-imitation rollouts sample
     there; training/self_imitation.py)."""
 
     def __init__(self):
         self.trail, self.sweep = MoveTrail(), BlindSweep()
+        self.back = BackToBest(GOOD_QUALITY)
 
     def move(self, guidance: GuidanceResult, quality: QualityResult, moves: int, pick=None) -> str:
         offered = hold_only_when_due(guidance, quality)
@@ -306,6 +309,7 @@ class HintFollower:
             offered = pick(offered)
         action = no_revisit(offered, self.trail).action
         action = self.sweep.steer(action, quality.score, moves)
+        action = self.back.steer(action, quality.score, moves)
         self.trail.step(action)
         return action
 
@@ -328,8 +332,10 @@ def closed_loop(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, max_moves: int =
     move per frame: the head's move as the hints show it, with 'hold' only
     where the quality head finds the view good or flags lost contact
     (hints.hold_only_when_due), never a move that leads back where the
-    last moves have been (hints.no_revisit), and a sweep back when the image
-    stays blank (hints.BlindSweep); no smoothing across frames.
+    last moves have been (hints.no_revisit), a sweep back when the image
+    stays blank (hints.BlindSweep), and the way back to the best view seen
+    when the meter falls clearly below it (best_view.BackToBest); no
+    smoothing across frames.
 
     With `paced`, the operator instead reads the hints as the pipeline shows
     them (hints.HintSmoother: smoothing, hysteresis and the no-revisit detour
@@ -398,8 +404,9 @@ def closed_loop(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, max_moves: int =
             moves += 1
         pe = vp.pose_error()
         swept = (smoother.sweeps if smoother is not None else follower.sweep.sweeps) > 0
+        went_back = (smoother.returns if smoother is not None else follower.back.returns) > 0
         results.append({"preset": preset, "seed": seed, "success": success, "pose_reached": within_every_tolerance(vp, truth), "moves": moves,
-                        "swept": swept, "reached": reached, "held": held,
+                        "swept": swept, "went_back": went_back, "reached": reached, "held": held,
                         "final_error": pe["total"],
                         "final": {k: abs(float(pe[name])) / vp.tol[k] for k, name in ERROR_NAMES.items()}})
     succ = np.array([r["success"] for r in results])
@@ -421,6 +428,9 @@ def closed_loop(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, max_moves: int =
         # episodes in which the hints swept back on a blank image (hints.BlindSweep), and how many of those succeeded
         "swept": {"episodes": int(sum(r["swept"] for r in results)),
                   "succeeded": int(sum(r["swept"] and r["success"] for r in results))},
+        # episodes in which the hints went back to the best view seen (best_view.BackToBest), and how many of those succeeded
+        "went_back": {"episodes": int(sum(r["went_back"] for r in results)),
+                      "succeeded": int(sum(r["went_back"] and r["success"] for r in results))},
         **({"until_hold": {"ended_on_hold": round(float(np.mean([r["held"] for r in results])), 4),
                            "reached_before_the_stop": round(float(np.mean([r["reached"] for r in results])), 4)}} if until_hold else {}),
     }
@@ -435,13 +445,15 @@ def settled_summary(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, desc: str = 
     that were on the target view; `reached_before_the_stop`, the share that
     were on the view at some frame before they stopped or ran out of moves
     (the plain closed loop's success, but from an operator who did not
-    stop there)."""
+    stop there); `went_back`, the episodes in which the hints went back to
+    the best view seen (best_view.BackToBest) and of those the ones that
+    stopped on the target view."""
     r = closed_loop(heads, seeds, presets, desc=desc, until_hold=True)
     u = r["until_hold"]
     return {"success": r["closed_loop_success"], "success_ci95": r["closed_loop_success_ci95"], "by_preset": r["success_by_preset"],
             "ended_on_hold": u["ended_on_hold"],
             "hold_on_view": round(r["closed_loop_success"] / u["ended_on_hold"], 4) if u["ended_on_hold"] else float("nan"),
-            "reached_before_the_stop": u["reached_before_the_stop"], "median_moves": r["median_moves"]}
+            "reached_before_the_stop": u["reached_before_the_stop"], "median_moves": r["median_moves"], "went_back": r["went_back"]}
 
 
 POSE_DRAWS = 20  # hold_decisions: draws of a pose of the kind asked for
@@ -658,7 +670,9 @@ def settled_lines(g: dict) -> list[str]:
     return [f"stopping where the hints first say hold: on the target view {s['success']} (95 % CI {_interval(s['success_ci95'])}; "
             + ", ".join(f"{k} {v}" for k, v in s["by_preset"].items())
             + f"); ended on a hold {s['ended_on_hold']}, of those on the view {s['hold_on_view']}; "
-            f"on the view at some frame before the stop {s['reached_before_the_stop']}"]
+            f"on the view at some frame before the stop {s['reached_before_the_stop']}; went back to the best view seen "
+            f"(best_view.BackToBest) in {(s.get('went_back') or {}).get('episodes')} episodes, "
+            f"{(s.get('went_back') or {}).get('succeeded')} of them stopped on the view"]
 
 
 def _interval(ci) -> str:
