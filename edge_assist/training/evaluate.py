@@ -586,7 +586,7 @@ def evaluate(engines: Path | None = None, *, quick: bool = False, backend: str =
         result["guidance"] = {"top1": fm["guidance"]["top1"], **cl, "top1_by_action": fm["guidance"]["top1_by_action"],
                               # the same starts, the operator reading the smoothed hints, a move every 0.5 s
                               "closed_loop_paced": {k: paced[k] for k in ("closed_loop_success", "closed_loop_success_ci95", "success_by_preset",
-                                                                      "median_moves", "swept")},
+                                                                      "median_moves", "swept", "went_back")},
                               # share of views on which the hints say hold: right at the target, wrong when off
                               "hold_said": hold_decisions(heads, list(EVAL_SEEDS)[2000 : 2000 + size.hold_seeds]),
                               # the same starts, the operator stopping where the hints first say hold: on the view?
