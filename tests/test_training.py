@@ -297,6 +297,9 @@ def test_eval_quick_returns_the_keys_without_torch(tiny_engines_128):
     assert 0.0 <= settled["success"] <= settled["ended_on_hold"] <= 1.0
     assert settled["success_ci95"][0] <= settled["success"] <= settled["success_ci95"][1]
     assert 0 <= settled["went_back"]["succeeded"] <= settled["went_back"]["episodes"] <= g["episodes"]
+    # ... and reading the smoothed hints as the pipeline shows them
+    assert set(paced["settled"]) == set(settled)
+    assert 0.0 <= paced["settled"]["success"] <= paced["settled"]["ended_on_hold"] <= 1.0
     # the expert reaches the target from the same starts: the task itself is solvable
     assert g["expert_closed_loop_success"] == 1.0
     assert set(r["real_frames"]) >= {"examples_ybr_color", "examples_rgb_color", "examples_palette", "palette_lowest"}

@@ -436,7 +436,8 @@ def closed_loop(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, max_moves: int =
     }
 
 
-def settled_summary(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, desc: str = "closed loop (until hold)") -> dict:
+def settled_summary(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, desc: str = "closed loop (until hold)",
+                    paced: PacedOperator | None = None) -> dict:
     """The closed loop with the operator stopping where the hints first show
     hold (closed_loop(until_hold=True)): `success`, the share of episodes
     that stop on the target view, with its 95 % interval and per preset;
@@ -447,8 +448,10 @@ def settled_summary(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, desc: str = 
     (the plain closed loop's success, but from an operator who did not
     stop there); `went_back`, the episodes in which the hints went back to
     the best view seen (best_view.BackToBest) and of those the ones that
-    stopped on the target view."""
-    r = closed_loop(heads, seeds, presets, desc=desc, until_hold=True)
+    stopped on the target view. With `paced`, the operator reads the
+    smoothed hints as the pipeline shows them (closed_loop(paced=...)):
+    what a user at the bedside who stops on hold gets."""
+    r = closed_loop(heads, seeds, presets, desc=desc, paced=paced, until_hold=True)
     u = r["until_hold"]
     return {"success": r["closed_loop_success"], "success_ci95": r["closed_loop_success_ci95"], "by_preset": r["success_by_preset"],
             "ended_on_hold": u["ended_on_hold"],
@@ -586,7 +589,9 @@ def evaluate(engines: Path | None = None, *, quick: bool = False, backend: str =
         result["guidance"] = {"top1": fm["guidance"]["top1"], **cl, "top1_by_action": fm["guidance"]["top1_by_action"],
                               # the same starts, the operator reading the smoothed hints, a move every 0.5 s
                               "closed_loop_paced": {k: paced[k] for k in ("closed_loop_success", "closed_loop_success_ci95", "success_by_preset",
-                                                                      "median_moves", "swept", "went_back")},
+                                                                      "median_moves", "swept", "went_back")}
+                              # ... and stopping where those hints first say hold
+                              | {"settled": settled_summary(heads, loop_seeds, desc="closed loop (paced, until hold)", paced=PacedOperator())},
                               # share of views on which the hints say hold: right at the target, wrong when off
                               "hold_said": hold_decisions(heads, list(EVAL_SEEDS)[2000 : 2000 + size.hold_seeds]),
                               # the same starts, the operator stopping where the hints first say hold: on the view?
@@ -664,10 +669,15 @@ def closed_loop_lines(r: dict) -> list[str]:
 
 
 def settled_lines(g: dict) -> list[str]:
-    s = g.get("closed_loop_settled")
+    lines = _settled_line(g.get("closed_loop_settled"), "stopping where the hints first say hold")
+    return lines + _settled_line((g.get("closed_loop_paced") or {}).get("settled"),
+                                 "reading the smoothed hints, a move every 0.5 s, and stopping where they first say hold")
+
+
+def _settled_line(s: dict | None, what: str) -> list[str]:
     if not s:
         return []
-    return [f"stopping where the hints first say hold: on the target view {s['success']} (95 % CI {_interval(s['success_ci95'])}; "
+    return [f"{what}: on the target view {s['success']} (95 % CI {_interval(s['success_ci95'])}; "
             + ", ".join(f"{k} {v}" for k, v in s["by_preset"].items())
             + f"); ended on a hold {s['ended_on_hold']}, of those on the view {s['hold_on_view']}; "
             f"on the view at some frame before the stop {s['reached_before_the_stop']}; went back to the best view seen "
