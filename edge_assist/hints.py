@@ -234,6 +234,7 @@ class HintSmoother:
         self._challenger_frames = 0
         self._barred: str | None = None  # a move kept out until _barred_until_ns
         self._barred_until_ns = 0
+        self._t_ns: int | None = None  # the clock of the last frame
         # The moves shown, each taken as one step the operator made.
         self._trail = MoveTrail(self.cfg.revisit_moves)
         self._sweep = BlindSweep(unit=self.cfg.move_s) if self.cfg.move_s else None
@@ -275,6 +276,10 @@ class HintSmoother:
         if self._barred is not None and t_ns >= self._barred_until_ns:
             self._barred = None
         rules = [r for r in (self._sweep, self._back) if r is not None] if score is not None else []
+        if self._t_ns is not None and t_ns < self._t_ns:  # the clock went back (a new source): the timed rules start afresh
+            for rule in rules:
+                rule.reset()
+        self._t_ns = t_ns
         if not any(r.active for r in rules):  # while a rule shows its own moves (below), challengers wait
             self._follow_head(t_ns)
         shown = self._action

@@ -100,3 +100,15 @@ def test_the_smoother_without_the_rule():
         assert {h.guidance.action for h in hints} == {"slide_head"} and s.returns == 0
     hints, s = smoother_run([QualityResult(0.65, [], {})] * 30 + [POOR] * 60)  # the meter never read good
     assert {h.guidance.action for h in hints} == {"slide_head"} and s.returns == 0
+
+
+def test_a_clock_that_goes_back_starts_the_timed_rules_afresh():
+    # a new source whose clock starts lower while the way back is shown: the
+    # way back (timed on the old clock) must not hold the hints for good
+    s = HintSmoother(SmoothingConfig(move_s=0.5))
+    head = GuidanceResult("slide_head", 0.7, {"slide_head": 0.7, "slide_feet": 0.1, "depth_up": 0.2})
+    shown = [s.hints(i, int((100 + i / 30) * 1e9), q, head, None).guidance.action
+             for i, q in enumerate([GOOD] * 30 + [POOR] * 4)]
+    assert shown[-1] == "slide_feet"
+    later = [s.hints(i, int(i * 1e9 / 30), POOR, head, None).guidance.action for i in range(30)]
+    assert "slide_feet" not in later[5:] and "hold" not in later[5:]
