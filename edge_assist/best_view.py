@@ -20,10 +20,11 @@ later counts.
 The clock `t` counts moves in the closed loop (one per frame) and seconds
 in the smoother, with `within` scaled by `unit`, the time one move takes
 (like hints.BlindSweep); the way back passes no_revisit (it goes back on
-purpose). In the closed loop the meter reads each view as it is rendered;
-the smoother's meter takes a few frames to follow the image, so there
-'hold' is shown for up to `settle` moves after the way back while it
-does (the text says "Hold position" until the meter reads good)."""
+purpose). The smoother's meter takes a few frames to follow the image,
+so whether the view back there reads good is judged on the newest frame
+alone (`current`); a wait for the smoothed meter, showing 'hold' in the
+meantime, made an operator who stops on hold stop on views that did not
+come back (docs/TRAINING.md, "Going back to the best view seen")."""
 
 from __future__ import annotations
 
@@ -34,12 +35,10 @@ RETURN_WITHIN_MOVES = 6  # ... within this many moves of the best: go back there
 
 
 class BackToBest:
-    def __init__(self, good: float, drop: float = RETURN_DROP, within: float = RETURN_WITHIN_MOVES, unit: float = 1.0,
-                 settle: float = 0.0):
+    def __init__(self, good: float, drop: float = RETURN_DROP, within: float = RETURN_WITHIN_MOVES, unit: float = 1.0):
         self.good, self.drop = float(good), float(drop)
         self.unit = float(unit)
         self.window = float(within) * self.unit  # in the clock's units
-        self.settle = float(settle) * self.unit
         self.reset()
 
     def reset(self) -> None:
@@ -49,7 +48,6 @@ class BackToBest:
         self._shown: str | None = None  # what steer() returned last, and when
         self._t: float | None = None
         self._way_back: list[tuple[str, float]] = []  # (move, until) still to show
-        self._settle_until: float | None = None  # back there: waiting for the meter
         self._hold_until: float | None = None
         self.returns = 0  # started since reset (for reports)
 
@@ -60,16 +58,18 @@ class BackToBest:
 
     @property
     def active(self) -> bool:
-        return bool(self._way_back) or self._settle_until is not None or self._hold_until is not None
+        return bool(self._way_back) or self._hold_until is not None
 
-    def steer(self, proposed: str, score: float, t: float) -> str:
+    def steer(self, proposed: str, score: float, t: float, current: float | None = None) -> str:
         """The move to show at clock `t`: `proposed` (what the other rules
-        chose), or the way back, or the hold at its end. Call once per move
-        made (closed loop) or per frame (smoother)."""
+        chose), or the way back, or the hold at its end. `score`: the meter
+        (smoothed, in the smoother); `current`: its reading on the newest
+        frame alone, if that differs. Call once per move made (closed loop)
+        or per frame (smoother)."""
         if self._t is not None and not self.active and self._best is not None and self._shown in REVERSE_ACTION:
             self._credit(self._shown, t - self._t)
         self._t = t
-        self._shown = self._next(proposed, score, t)
+        self._shown = self._next(proposed, score, t, score if current is None else current)
         return self._shown
 
     def _credit(self, move: str, dt: float) -> None:
@@ -80,20 +80,15 @@ class BackToBest:
         if sum(d for _, d in self._path) > self.window:
             self._best, self._armed, self._path = None, False, []  # too far behind to go back to
 
-    def _next(self, proposed: str, score: float, t: float) -> str:
+    def _next(self, proposed: str, score: float, t: float, current: float) -> str:
         while self._way_back and self._way_back[0][1] <= t:
             self._way_back.pop(0)
             if not self._way_back:  # back where the best was read
-                self._path, self._settle_until = [], t + self.settle
+                self._path = []
+                if current >= self.good:
+                    self._hold_until = t + self.unit
         if self._way_back:
             return self._way_back[0][0]
-        if self._settle_until is not None:
-            if score >= self.good:
-                self._settle_until, self._hold_until = None, t + self.unit
-            elif t < self._settle_until:
-                return "hold"
-            else:
-                self._settle_until = None  # the meter did not come back: the other rules again
         if self._hold_until is not None:
             if t < self._hold_until:
                 return "hold"

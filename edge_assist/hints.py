@@ -196,9 +196,6 @@ class BlindSweep:
         return action
 
 
-BACK_SETTLE_MOVES = 0.5  # the smoother's BackToBest: how long (in moves) to wait for the meter after the way back
-
-
 @dataclass
 class SmoothingConfig:
     alpha: float = 0.35  # EMA weight of the newest frame
@@ -238,7 +235,7 @@ class HintSmoother:
         # The moves shown, each taken as one step the operator made.
         self._trail = MoveTrail(self.cfg.revisit_moves)
         self._sweep = BlindSweep(unit=self.cfg.move_s) if self.cfg.move_s else None
-        self._back = BackToBest(GOOD_QUALITY, unit=self.cfg.move_s, settle=BACK_SETTLE_MOVES) if self.cfg.move_s and self.cfg.back_to_best else None
+        self._back = BackToBest(GOOD_QUALITY, unit=self.cfg.move_s) if self.cfg.move_s and self.cfg.back_to_best else None
 
     @property
     def sweeps(self) -> int:
@@ -265,10 +262,13 @@ class HintSmoother:
         active = sorted(self._reasons_on, key=lambda n: -self._reason_p[n])
         return QualityResult(score=self._score, reasons=active, reason_probs=dict(self._reason_p))
 
-    def guidance(self, g: GuidanceResult, t_ns: int | None = None, score: float | None = None) -> GuidanceResult:
+    def guidance(self, g: GuidanceResult, t_ns: int | None = None, score: float | None = None,
+                 current: float | None = None) -> GuidanceResult:
         """The move to show. `score`: the (smoothed) quality meter, for the
         sweep on a blank image (BlindSweep) and the way back to the best
-        view seen (BackToBest); without it there are neither."""
+        view seen (BackToBest); without it there are neither. `current`:
+        the meter on this frame alone (BackToBest judges the view it went
+        back to on it)."""
         t_ns = time.monotonic_ns() if t_ns is None else t_ns
         probs = g.probs or {g.action: g.confidence}
         for name, p in probs.items():
@@ -283,8 +283,10 @@ class HintSmoother:
         if not any(r.active for r in rules):  # while a rule shows its own moves (below), challengers wait
             self._follow_head(t_ns)
         shown = self._action
-        for rule in rules:
-            shown = rule.steer(shown, score, t_ns / 1e9)
+        if self._sweep in rules:
+            shown = self._sweep.steer(shown, score, t_ns / 1e9)
+        if self._back in rules:
+            shown = self._back.steer(shown, score, t_ns / 1e9, current)
         if shown != self._action:
             self._action, self._challenger, self._challenger_frames = shown, None, 0
             self._trail.step(shown)
@@ -318,7 +320,7 @@ class HintSmoother:
 
     def hints(self, frame_index, t_capture_ns, q: QualityResult, g: GuidanceResult, interp: InterpreterResult | None) -> Hints:
         qs = self.quality(q)
-        gs = self.guidance(hold_only_when_due(g, q), t_capture_ns, score=qs.score)
+        gs = self.guidance(hold_only_when_due(g, q), t_capture_ns, score=qs.score, current=q.score)
         sweeping = self._sweep is not None and self._sweep.active
         returning = self._back is not None and self._back.returning
         return Hints(frame_index, t_capture_ns, qs, gs, interp, quality_text(qs), guidance_text(gs, qs, sweeping, returning))

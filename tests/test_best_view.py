@@ -75,12 +75,11 @@ def test_the_smoother_goes_back_over_time_and_says_so():
     # the way out since the best was a few frames: back for one move (0.5 s) ...
     assert shown[first_back:first_back + 15] == ["slide_feet"] * 15
     assert hints[first_back].guidance_text == "Back to the better view: slide across the plane, toward the feet side"
-    # ... then hold while the meter may settle (a quarter of a second); it stays poor: the head's moves again
-    # (first a detour: slide_head would lead back out where the probe has just been, hints.no_revisit)
+    # ... then, the view back there still poor, no hold: the head's moves again (first a detour: slide_head
+    # would lead back out where the probe has just been, hints.no_revisit)
     after = shown[first_back + 15:]
-    settle = next(i for i, a in enumerate(after) if a != "hold")
-    assert 7 <= settle <= 12 and hints[first_back + 15].guidance_text == "Hold position"  # and the hysteresis's frames
-    assert "hold" not in after[settle:] and after[-1] == "slide_head" and s.returns == 1
+    assert "hold" not in after and "slide_feet" not in after[3:]  # the hysteresis's 3 frames
+    assert after[-1] == "slide_head" and s.returns == 1
 
 
 def test_the_smoother_holds_where_the_meter_comes_back():
@@ -91,6 +90,17 @@ def test_the_smoother_holds_where_the_meter_comes_back():
     after = shown[first_back + 15:]
     assert after[:15] == ["hold"] * 15  # one move of hold
     assert hints[first_back + 15].guidance_text == "Hold still – good view"
+
+
+def test_the_smoother_judges_the_view_back_there_on_the_newest_frame():
+    # the image comes back on the very frame the way back ends: the smoothed meter still reads poor,
+    # the newest frame good: hold, and the text calls the view good only once the smoothed meter does
+    hints, _ = smoother_run([GOOD] * 30 + [POOR] * 16 + [GOOD] * 40, move_s=0.5)
+    shown = [h.guidance.action for h in hints]
+    arrived = shown.index("slide_feet") + 15
+    assert arrived == 46 and shown[arrived:arrived + 15] == ["hold"] * 15
+    assert hints[arrived].guidance_text == "Hold position" and hints[arrived].quality.score < GOOD_QUALITY
+    assert hints[arrived + 14].guidance_text == "Hold still – good view"
 
 
 def test_the_smoother_without_the_rule():
