@@ -275,18 +275,19 @@ class HintSmoother:
             self._action_p[name] = self._ema(self._action_p.get(name), p)
         if self._barred is not None and t_ns >= self._barred_until_ns:
             self._barred = None
-        rules = [r for r in (self._sweep, self._back) if r is not None] if score is not None else []
         if self._t_ns is not None and t_ns < self._t_ns:  # the clock went back (a new source): the timed rules start afresh
-            for rule in rules:
-                rule.reset()
+            for rule in (self._sweep, self._back):
+                if rule is not None:
+                    rule.reset()
         self._t_ns = t_ns
-        if not any(r.active for r in rules):  # while a rule shows its own moves (below), challengers wait
+        sweep, back = (self._sweep, self._back) if score is not None else (None, None)
+        if not any(r is not None and r.active for r in (sweep, back)):  # while a rule shows its own moves (below), challengers wait
             self._follow_head(t_ns)
         shown = self._action
-        if self._sweep in rules:
-            shown = self._sweep.steer(shown, score, t_ns / 1e9)
-        if self._back in rules:
-            shown = self._back.steer(shown, score, t_ns / 1e9, current)
+        if sweep is not None:
+            shown = sweep.steer(shown, score, t_ns / 1e9)
+        if back is not None:
+            shown = back.steer(shown, score, t_ns / 1e9, current)
         if shown != self._action:
             self._action, self._challenger, self._challenger_frames = shown, None, 0
             self._trail.step(shown)

@@ -677,12 +677,12 @@ def settled_lines(g: dict) -> list[str]:
 def _settled_line(s: dict | None, what: str) -> list[str]:
     if not s:
         return []
+    back = s["went_back"]
     return [f"{what}: on the target view {s['success']} (95 % CI {_interval(s['success_ci95'])}; "
             + ", ".join(f"{k} {v}" for k, v in s["by_preset"].items())
             + f"); ended on a hold {s['ended_on_hold']}, of those on the view {s['hold_on_view']}; "
             f"on the view at some frame before the stop {s['reached_before_the_stop']}; went back to the best view seen "
-            f"(best_view.BackToBest) in {(s.get('went_back') or {}).get('episodes')} episodes, "
-            f"{(s.get('went_back') or {}).get('succeeded')} of them stopped on the view"]
+            f"(best_view.BackToBest) in {back['episodes']} episodes, {back['succeeded']} of them stopped on the view"]
 
 
 def _interval(ci) -> str:
