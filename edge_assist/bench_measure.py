@@ -46,12 +46,13 @@ import numpy as np
 from edge_assist.bench_sources import T_READ_KEY
 from edge_assist.errors import EdgeAssistError, EndOfStream
 from edge_assist.guidance_memory import GuidanceFeed, one_hot
+from edge_assist.move_check import MoveCheckFeed
 from edge_assist.metrics import summarize_ms
 from edge_assist.vocab import ACTIONS
 
 # guidance_wait: with parallel heads, how long the loop waited for guidance
 # after its own quality run (then "guidance" is guidance's time in its thread).
-STAGES = ("capture", "preprocess", "quality", "guidance", "guidance_wait", "interpreter", "hints", "sink")
+STAGES = ("capture", "preprocess", "quality", "guidance", "guidance_wait", "interpreter", "move_check", "hints", "sink")
 
 
 def _ms(ns: int) -> float:
@@ -350,6 +351,7 @@ def run_naive_phase(source, heads, *, budget_ms, warmup_frames, duration_s, capa
     pre = heads.preprocessor()
     smoother = HintSmoother()
     guidance = GuidanceFeed.for_head(heads.heads["guidance"].spec)
+    checks = MoveCheckFeed(smoother.undo.unit) if smoother.undo is not None and heads.has_move_check() else None
     rec = FrameRecorder(capacity_hint)
     mon = ResourceMonitor()
     stages: dict[str, list[float]] = {k: [] for k in STAGES}
@@ -402,8 +404,14 @@ def run_naive_phase(source, heads, *, budget_ms, warmup_frames, duration_s, capa
         interp = heads.interpreter(prep.tensor, frame_index=frame.index, quality=q, mm_per_px=prep.mm_per_px, run_always=True,
                                    source=(frame.pixels, prep.region))
         lap("interpreter")
-        hints = smoother.hints(frame.index, frame.t_capture_ns, q, g, interp)
+        check = None
+        if checks is not None:
+            check = checks.reading(heads, smoother.undo, prep.tensor, frame.t_capture_ns)
+            lap("move_check")
+        hints = smoother.hints(frame.index, frame.t_capture_ns, q, g, interp, check=check)
         guidance.record(frame.t_capture_ns, prep.tensor, hints.guidance.action)
+        if checks is not None:
+            checks.record(frame.t_capture_ns, prep.tensor, hints.guidance.action)
         lap("hints")
         e2e = _ms(time.monotonic_ns() - frame.t_capture_ns)
         t_sink = time.perf_counter_ns()

@@ -64,7 +64,8 @@ class MoveMemory:
     def reset(self) -> None:
         self._entries.clear()
 
-    def _reference(self, t_ns: int) -> tuple[np.ndarray, str] | None:
+    def reference(self, t_ns: int) -> tuple[np.ndarray, str] | None:
+        """The newest (frame, hint shown) at least interval_ms older than t_ns, if any."""
         cut = t_ns - self.interval_ns
         e = self._entries
         while len(e) >= 2 and e[1][0] <= cut:  # the older one is no longer the newest old-enough entry
@@ -74,7 +75,7 @@ class MoveMemory:
         return None
 
     def inputs(self, tensor: np.ndarray, t_ns: int) -> tuple[np.ndarray, np.ndarray]:
-        ref = self._reference(t_ns)
+        ref = self.reference(t_ns)
         return memory_inputs(ref[0] if ref else None, tensor, ref[1] if ref else None)
 
     def record(self, t_ns: int, tensor: np.ndarray, action: str) -> None:

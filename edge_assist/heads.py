@@ -228,7 +228,7 @@ def decode_interpreter(
 
 
 class HeadSet:
-    """All three heads for one backend and precision. A context manager."""
+    """The heads of a manifest for one backend and precision. A context manager."""
 
     def __init__(self, manifest: Manifest, backend: str = "ort", precision: str = "fp32", **backend_options):
         self.manifest = manifest
@@ -280,6 +280,17 @@ class HeadSet:
         head with memory (edge_assist.guidance_memory), ignored otherwise."""
         h = self.heads["guidance"]
         return decode_guidance(h.spec, h.run(tensor, action))
+
+    def has_move_check(self) -> bool:
+        return "move_check" in self.heads
+
+    def move_check(self, before: np.ndarray, after: np.ndarray, move: str) -> float:
+        """The probability that `move`, made between the preprocessed frames
+        `before` and `after` ([1, 1, H, W] each), brought the pose component it
+        changes closer to the target view (edge_assist.move_check)."""
+        h = self.heads["move_check"]
+        logits = np.asarray(h.run(np.concatenate([before, after], axis=1))["better"], dtype=np.float64).reshape(-1)
+        return float(_sigmoid(logits[h.spec.labels["actions"].index(move)]))
 
     def interpreter(self, tensor, *, frame_index, quality, mm_per_px, run_always: bool = False,
                     source: tuple[np.ndarray, ScanRegion] | None = None) -> InterpreterResult:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from edge_assist.best_view import BackToBest
 from edge_assist.frames import GuidanceResult, Hints, InterpreterResult, QualityResult
+from edge_assist.move_check import UndoWorseMove
 from edge_assist.vocab import ACTION_TEXT, REASON_TEXT, REVERSE_ACTION
 
 GOOD_QUALITY = 0.7  # meter band above which the image is called good
@@ -210,10 +211,12 @@ class SmoothingConfig:
     # 1 s helps an operator making one move every 0.5 s or 1 s alike).
     reversal_detour_s: float = 1.0
     revisit_moves: int = REVISIT_MOVES  # MoveTrail horizon, in shown moves
-    # How long the operator takes for one move: BlindSweep's and
-    # BackToBest's move counts become seconds. None switches both off.
+    # How long the operator takes for one move: BlindSweep's, BackToBest's
+    # and UndoWorseMove's move counts become seconds. None switches them off.
     move_s: float | None = 0.5
     back_to_best: bool = True  # go back to the best view seen (best_view.BackToBest)
+    # undo a move the move check head calls worse (move_check.UndoWorseMove; needs that head's readings)
+    undo_worse: bool = True
 
 
 class HintSmoother:
@@ -236,11 +239,17 @@ class HintSmoother:
         self._trail = MoveTrail(self.cfg.revisit_moves)
         self._sweep = BlindSweep(unit=self.cfg.move_s) if self.cfg.move_s else None
         self._back = BackToBest(GOOD_QUALITY, unit=self.cfg.move_s) if self.cfg.move_s and self.cfg.back_to_best else None
+        self.undo = UndoWorseMove(unit=self.cfg.move_s) if self.cfg.move_s and self.cfg.undo_worse else None
 
     @property
     def sweeps(self) -> int:
         """Sweeps back on a blank image since reset (BlindSweep)."""
         return self._sweep.sweeps if self._sweep is not None else 0
+
+    @property
+    def undos(self) -> int:
+        """Moves undone since reset because the move check called them worse (UndoWorseMove)."""
+        return self.undo.undos if self.undo is not None else 0
 
     @property
     def returns(self) -> int:
@@ -263,12 +272,14 @@ class HintSmoother:
         return QualityResult(score=self._score, reasons=active, reason_probs=dict(self._reason_p))
 
     def guidance(self, g: GuidanceResult, t_ns: int | None = None, score: float | None = None,
-                 current: float | None = None) -> GuidanceResult:
+                 current: float | None = None, check: tuple[str, float] | None = None) -> GuidanceResult:
         """The move to show. `score`: the (smoothed) quality meter, for the
         sweep on a blank image (BlindSweep) and the way back to the best
         view seen (BackToBest); without it there are neither. `current`:
         the meter on this frame alone (BackToBest judges the view it went
-        back to on it)."""
+        back to on it). `check`: (move, probability it made the view
+        better) from the move check, where `undo.wants_check` asked for it
+        (move_check.MoveCheckFeed); a move it calls worse is undone."""
         t_ns = time.monotonic_ns() if t_ns is None else t_ns
         probs = g.probs or {g.action: g.confidence}
         for name, p in probs.items():
@@ -276,33 +287,42 @@ class HintSmoother:
         if self._barred is not None and t_ns >= self._barred_until_ns:
             self._barred = None
         if self._t_ns is not None and t_ns < self._t_ns:  # the clock went back (a new source): the timed rules start afresh
-            for rule in (self._sweep, self._back):
+            for rule in (self._sweep, self._back, self.undo):
                 if rule is not None:
                     rule.reset()
         self._t_ns = t_ns
+        t = t_ns / 1e9
+        undo = self.undo
+        if undo is not None and check is not None:
+            undo.judge(check[0], check[1], t)
         sweep, back = (self._sweep, self._back) if score is not None else (None, None)
-        if not any(r is not None and r.active for r in (sweep, back)):  # while a rule shows its own moves (below), challengers wait
-            self._follow_head(t_ns)
-        shown = self._action
-        if sweep is not None:
-            shown = sweep.steer(shown, score, t_ns / 1e9)
-        if back is not None:
-            shown = back.steer(shown, score, t_ns / 1e9, current)
+        if undo is not None and undo.active(t):  # the undo goes back on purpose: no other rule, no challenger
+            shown = undo.steer(self._action, t)
+        else:
+            if not any(r is not None and r.active for r in (sweep, back)):  # while a rule shows its own moves (below), challengers wait
+                self._follow_head(t_ns, undo.bar(GuidanceResult("hold", 0.0, self._action_p), t).probs if undo is not None else None)
+            shown = self._action
+            if sweep is not None:
+                shown = sweep.steer(shown, score, t)
+            if back is not None:
+                shown = back.steer(shown, score, t, current)
         if shown != self._action:
             self._action, self._challenger, self._challenger_frames = shown, None, 0
             self._trail.step(shown)
         return GuidanceResult(self._action, self._action_p.get(self._action, 0.0), dict(self._action_p))
 
-    def _follow_head(self, t_ns: int) -> None:
+    def _follow_head(self, t_ns: int, probs: dict[str, float] | None = None) -> None:
         """Hysteresis: switch the shown move to the head's smoothed best once
         it has led by the margin for enough frames, detouring round a move
-        that leads back where the probe has just been."""
-        best = max((a for a in self._action_p if a != self._barred), key=self._action_p.get)
+        that leads back where the probe has just been. `probs`: the smoothed
+        probabilities with the moves UndoWorseMove keeps out at zero."""
+        probs = self._action_p if probs is None else probs
+        best = max((a for a in probs if a != self._barred), key=probs.get)
         if self._action is None:
             self._action = best
             self._trail.step(best)
         elif best != self._action:
-            lead = self._action_p[best] - self._action_p.get(self._action, 0.0)
+            lead = probs[best] - probs.get(self._action, 0.0)
             if best == self._challenger:
                 self._challenger_frames += 1
             else:
@@ -310,7 +330,7 @@ class HintSmoother:
             if lead >= self.cfg.action_margin and self._challenger_frames >= self.cfg.action_min_frames:
                 new = best
                 if self._trail.revisits(best):
-                    detour = detour_move(self._action_p, self._trail, barred=self._action)
+                    detour = detour_move(probs, self._trail, barred=self._action)
                     if detour is not None:
                         new = detour
                         self._barred, self._barred_until_ns = best, t_ns + int(self.cfg.reversal_detour_s * 1e9)
@@ -319,12 +339,15 @@ class HintSmoother:
         else:
             self._challenger, self._challenger_frames = None, 0
 
-    def hints(self, frame_index, t_capture_ns, q: QualityResult, g: GuidanceResult, interp: InterpreterResult | None) -> Hints:
+    def hints(self, frame_index, t_capture_ns, q: QualityResult, g: GuidanceResult, interp: InterpreterResult | None,
+              check: tuple[str, float] | None = None) -> Hints:
+        """`check`: the move check's reading (guidance())."""
         qs = self.quality(q)
-        gs = self.guidance(hold_only_when_due(g, q), t_capture_ns, score=qs.score, current=q.score)
+        gs = self.guidance(hold_only_when_due(g, q), t_capture_ns, score=qs.score, current=q.score, check=check)
         sweeping = self._sweep is not None and self._sweep.active
         returning = self._back is not None and self._back.returning
-        return Hints(frame_index, t_capture_ns, qs, gs, interp, quality_text(qs), guidance_text(gs, qs, sweeping, returning))
+        undoing = self.undo is not None and self.undo.active(t_capture_ns / 1e9)
+        return Hints(frame_index, t_capture_ns, qs, gs, interp, quality_text(qs), guidance_text(gs, qs, sweeping, returning, undoing))
 
 
 def quality_text(q: QualityResult) -> str:
@@ -335,14 +358,17 @@ def quality_text(q: QualityResult) -> str:
     return "Image quality limited"
 
 
-def guidance_text(g: GuidanceResult, q: QualityResult | None = None, sweeping: bool = False, returning: bool = False) -> str:
+def guidance_text(g: GuidanceResult, q: QualityResult | None = None, sweeping: bool = False, returning: bool = False,
+                  undoing: bool = False) -> str:
     # "Hold" is also the right move while contact is being restored: only call
     # the view good when the quality meter agrees.
     if g.action == "hold" and q is not None and (q.score < GOOD_QUALITY or q.reasons):
         return "Hold position – fix the image first" if q.reasons else "Hold position"
     text = ACTION_TEXT.get(g.action, g.action)
     # Say why the arrow turns back: the operator sees no image either (BlindSweep),
-    # or saw a better one a moment ago (BackToBest).
+    # saw a better one a moment ago (BackToBest), or the last move made it worse (UndoWorseMove).
     if sweeping:
         return f"Nothing in view – go back: {text[0].lower()}{text[1:]}"
+    if undoing:
+        return f"That made it worse – go back: {text[0].lower()}{text[1:]}"
     return f"Back to the better view: {text[0].lower()}{text[1:]}" if returning else text

@@ -15,9 +15,10 @@ from typing import Any
 from edge_assist.errors import ManifestError
 
 HEAD_NAMES = ("quality", "guidance", "interpreter")
-# Optional: the lesion head's second look at source resolution (edge_assist.lesion_crop).
-# It takes its own square crop, not the preprocessed frame.
-OPTIONAL_HEADS = ("lesion",)
+# Optional: the lesion head's second look at source resolution (edge_assist.lesion_crop), which
+# takes its own square crop, not the preprocessed frame; the move check (edge_assist.move_check),
+# which takes two preprocessed frames, before and after a move.
+OPTIONAL_HEADS = ("lesion", "move_check")
 FORMAT = 1
 
 # The outputs each head must name (role -> ONNX output name is in the manifest).
@@ -26,6 +27,7 @@ REQUIRED_OUTPUTS = {
     "guidance": ("logits",),
     "interpreter": ("structures", "lesion", "size", "echogenicity", "margins", "location"),
     "lesion": ("echogenicity", "margins", "mask"),
+    "move_check": ("better",),
 }
 
 
@@ -151,7 +153,10 @@ def load_manifest(engines_dir: str | Path | None = None, *, verify_hash: bool = 
                 raise ManifestError(f"{where}.memory.interval_ms must be a number of milliseconds") from None
             if not spec.memory_interval_ms > 0:
                 raise ManifestError(f"{where}.memory.interval_ms must be > 0")
-        if name in OPTIONAL_HEADS:
+        if name == "move_check":
+            if spec.input_shape != (1, 2, *size):
+                raise ManifestError(f"{where}: input shape {spec.input_shape} must be [1, 2, {size[0]}, {size[1]}] (two frames); re-export it")
+        elif name in OPTIONAL_HEADS:
             if len(spec.input_shape) != 4 or spec.input_shape[-1] != spec.input_shape[-2] or spec.input_shape[1] != 1:
                 raise ManifestError(f"{where}: input shape {spec.input_shape} must be [1, 1, N, N] (a square crop); re-export it")
         elif spec.input_shape[-2:] != tuple(size):

@@ -31,6 +31,7 @@ from edge_assist.frames import Frame, GuidanceResult, Hints, InterpreterResult, 
 from edge_assist.guidance_memory import GuidanceFeed
 from edge_assist.heads import HeadSet
 from edge_assist.hints import HintSmoother, SmoothingConfig
+from edge_assist.move_check import MoveCheckFeed
 from edge_assist.metrics import LatencyLog, summarize_ms
 from edge_assist.preprocess import Prepared
 from edge_assist.sources.base import FrameSource
@@ -521,6 +522,9 @@ class Pipeline:
         self._capture_done = threading.Event()
         self._capture_error: BaseException | None = None
         self._guidance = GuidanceFeed.for_head(heads.heads["guidance"].spec)
+        # The move check (optional head): the frame about one move ago and the hint shown then.
+        undo = self.smoother.undo
+        self._move_check = MoveCheckFeed(undo.unit) if undo is not None and heads.has_move_check() else None
         self._interp_gate = float(heads.heads["interpreter"].spec.decode.get("quality_threshold", QUALITY_THRESHOLD))
         # Benchmarks load all three heads: the interpreter model then runs on
         # every frame it is free for; its result still abstains below the gate.
@@ -687,6 +691,8 @@ class Pipeline:
             self._shape, self._new_shape, self._new_shape_count = shape, None, 0
             self.preprocessor.reset()
             self._guidance.reset()
+            if self._move_check is not None:
+                self._move_check.reset()
             return True
         return False
 
@@ -791,8 +797,14 @@ class Pipeline:
             interp = self._abstain(frame.index)  # never show findings for a poor image
         elif worker is not None:
             interp = worker.latest()
-        hints = self.smoother.hints(frame.index, frame.t_capture_ns, q, g, interp)
+        check = None
+        if self._move_check is not None:
+            check = self._move_check.reading(self.heads, self.smoother.undo, prep.tensor, frame.t_capture_ns)
+            lap("move_check")
+        hints = self.smoother.hints(frame.index, frame.t_capture_ns, q, g, interp, check=check)
         self._guidance.record(frame.t_capture_ns, prep.tensor, hints.guidance.action)
+        if self._move_check is not None:
+            self._move_check.record(frame.t_capture_ns, prep.tensor, hints.guidance.action)
         lap("hints")
         e2e = _ms(time.monotonic_ns() - frame.t_capture_ns)
         if worker is not None and wanted:

@@ -451,6 +451,10 @@ def test_training_modules_stay_out_of_the_run_time_path():
     assert p.stdout.strip() == "False", p.stderr
 
 
+def raw_check(engines):
+    return json.loads((engines / "manifest.json").read_text())["heads"]["move_check"]
+
+
 def test_train_all_tiny_end_to_end(tmp_path):
     """`train all --plan tiny`: data, four trainings, export, gate, INT8, eval."""
     from dataclasses import replace
@@ -468,7 +472,9 @@ def test_train_all_tiny_end_to_end(tmp_path):
     result = train_all(out, plan=plan, work=tmp_path / "run", data_dir=tmp_path / "data",
                        calibration=tmp_path / "calib", workers=1)
     manifest = load_manifest(out)  # hashes verified
-    assert set(manifest.heads) == {"quality", "guidance", "interpreter", "lesion"}  # lesion: the second look
+    # lesion: the second look; move_check: trained after export on the exported guidance head's episodes
+    assert set(manifest.heads) == {"quality", "guidance", "interpreter", "lesion", "move_check"}
+    assert raw_check(out)["input"]["shape"] == [1, 2, 128, 128]
     raw = json.loads((out / "manifest.json").read_text())
     assert raw["heads"]["interpreter"]["decode"]["quality_threshold"] >= 0.5
     # the gate is fitted on the validation frames and on more validation patients' (Plan.gate_extra_val_seeds)
@@ -494,7 +500,7 @@ def test_train_all_tiny_end_to_end(tmp_path):
     assert si["round"] == 1 and si["episodes"] == 2 * 3 * 2 and si["frames"] >= si["episodes"]
     assert (tmp_path / "run" / "self-imitation" / "guidance-self-imitation-r1.pt").is_file()
     # what each head's epochs cost, from its checkpoints (also when a later run resumes them)
-    assert set(raw["data"]["training_seconds"]) == {"guidance", "quality", "teacher", "interpreter", "lesion"}
+    assert set(raw["data"]["training_seconds"]) == {"guidance", "quality", "teacher", "interpreter", "lesion", "move_check"}
     # a tiny epoch can take under 0.05 s, which the history rounds to 0.0
     assert all(v >= 0 for v in raw["data"]["training_seconds"].values()) and sum(raw["data"]["training_seconds"].values()) > 0
     card = (out / "MODEL_CARD.md").read_text()

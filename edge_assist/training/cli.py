@@ -21,9 +21,10 @@ def register(sub) -> None:
                        description="Train on a manifest dataset (docs/DATA.md). Progress bars on stderr, a checkpoint "
                                    "after every epoch, resumed automatically when the data and settings match. "
                                    "Multi-GPU / multi-node: run under torchrun (docs/TRAINING.md).")
-    p.add_argument("head", choices=(*HEADS, "all", "self-imitation"),
-                   help="a head; all (what `make models` runs); or self-imitation: refine the guidance head in the "
-                        "engines folder --out by practising with the hints (docs/TRAINING.md)")
+    p.add_argument("head", choices=(*HEADS, "all", "self-imitation", "move-check"),
+                   help="a head; all (what `make models` runs); self-imitation: refine the guidance head in the "
+                        "engines folder --out by practising with the hints; move-check: train the move check on "
+                        "the guidance head of the engines folder --out and add it there (docs/TRAINING.md)")
     p.add_argument("--data", type=Path, help="dataset folder with manifest.jsonl (or a .npz cache from `train all`)")
     p.add_argument("--val", type=Path, help="validation dataset (default: 10%% of the patients/frames of --data)")
     p.add_argument("--out", type=Path, required=True, help="output folder (checkpoints; for `all`: the engines folder)")
@@ -36,7 +37,8 @@ def register(sub) -> None:
     p.add_argument("--limit", type=int, help="use only the first N records of --data")
     p.add_argument("--plan", default="full", help="train all: full (the committed models) or tiny (a smoke run)")
     p.add_argument("--work", type=Path, default=Path("data/run"),
-                   help="train all / self-imitation: checkpoints and logs (default data/run; self-imitation: WORK/self-imitation)")
+                   help="train all / self-imitation / move-check: checkpoints and logs (default data/run; "
+                        "self-imitation: WORK/self-imitation; move-check: WORK/move_check)")
     p.add_argument("--rounds", type=int, help="self-imitation: rounds of practice and fine-tuning (default 1)")
     p.add_argument("--data-dir", type=Path, default=Path("data"), help="train all: simulator data cache (default data/)")
     p.add_argument("--calibration", type=Path, default=Path("calibration"), help="train all: calibration frames folder")
@@ -141,6 +143,8 @@ def cmd_train(args) -> int:
         return 0
     if args.head == "self-imitation":
         return _self_imitation(args)
+    if args.head == "move-check":
+        return _move_check(args)
     if args.head == "lesion":
         return _train_lesion(args)
     ds = load_any(args.data, args.limit)
@@ -201,6 +205,25 @@ def _self_imitation(args) -> int:
               f"(the head's best move {r['best_move_reached']:.1%}); fine-tuned on {r['frames']} frames, "
               f"{r['imitated_frames']} of them from episodes that reached the view")
     print(f"refined {args.out / 'guidance.onnx'}; run `edge-assist calibrate --engines {args.out}` and "
+          f"`edge-assist eval --engines {args.out} --write` for its figures")
+    return 0
+
+
+def _move_check(args) -> int:
+    """Train the move check on the guidance head in --out and add it there (training/move_check.py)."""
+    from dataclasses import replace
+
+    from edge_assist.manifest import load_manifest
+    from edge_assist.training.move_check import MoveCheckPlan, make_move_check
+
+    load_manifest(args.out)  # a readable engines folder, or a one-line error
+    plan = replace(MoveCheckPlan(), **{k: v for k, v in (("epochs", args.epochs), ("lr", args.lr)) if v is not None},
+                   batch_size=args.batch_size)
+    if plan.epochs < 1:
+        raise EdgeAssistError("move-check: --epochs must be at least 1")
+    entry = make_move_check(args.out, args.work, args.data_dir, seed=args.seed, plan=plan, workers=args.workers,
+                            resume=not args.no_resume)
+    print(f"added {args.out / entry['file']} (validation: {entry['metrics'].get('val')}); run "
           f"`edge-assist eval --engines {args.out} --write` for its figures")
     return 0
 

@@ -37,6 +37,7 @@ from edge_assist.heads import HeadSet, lesion_decided, structure_thresholds
 from edge_assist.hints import GOOD_QUALITY, BlindSweep, HintSmoother, MoveTrail, SmoothingConfig, hold_only_when_due, no_revisit
 from edge_assist.lesion_measure import lesion_size_frac
 from edge_assist.manifest import load_manifest
+from edge_assist.move_check import MoveCheckFeed, UndoWorseMove
 from edge_assist.training.common import (
     EVAL_SEEDS, EXAM_PRESETS, TRAIN_SEEDS, VAL_SEEDS, auroc, expert_action, f1_binary, macro_f1_multiclass, progress, sim_region,
     spearman, wilson_interval,
@@ -302,15 +303,28 @@ class HintFollower:
     def __init__(self):
         self.trail, self.sweep = MoveTrail(), BlindSweep()
         self.back = BackToBest(GOOD_QUALITY)
+        self.undo = UndoWorseMove()
+        self.last: str | None = None  # the move made last
 
-    def move(self, guidance: GuidanceResult, quality: QualityResult, moves: int, pick=None) -> str:
-        offered = hold_only_when_due(guidance, quality)
-        if pick is not None:
-            offered = pick(offered)
-        action = no_revisit(offered, self.trail).action
-        action = self.sweep.steer(action, quality.score, moves)
-        action = self.back.steer(action, quality.score, moves)
+    def to_check(self, moves: int) -> str | None:
+        """The last move, where the move check is to read it before this move (UndoWorseMove)."""
+        return self.last if self.undo.wants_check(self.last, moves) else None
+
+    def move(self, guidance: GuidanceResult, quality: QualityResult, moves: int, pick=None, check: float | None = None) -> str:
+        """`check`: the move check's reading of the move to_check() named (None: not read)."""
+        if check is not None and self.last is not None:
+            self.undo.judge(self.last, check, moves)
+        if self.undo.active(moves):
+            action = self.undo.steer(self.last, moves)  # the undo goes back on purpose: no no_revisit, no other rule
+        else:
+            offered = hold_only_when_due(self.undo.bar(guidance, moves), quality)
+            if pick is not None:
+                offered = pick(offered)
+            action = no_revisit(offered, self.trail).action
+            action = self.sweep.steer(action, quality.score, moves)
+            action = self.back.steer(action, quality.score, moves)
         self.trail.step(action)
+        self.last = action
         return action
 
 
@@ -361,6 +375,7 @@ def closed_loop(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, max_moves: int =
     pre = heads.preprocessor()
     g_frames = heads.frames_for("guidance")
     memory = heads.has_memory()
+    checking = heads.has_move_check()  # undo a move it calls worse (edge_assist.move_check)
     episodes = [(p, s) for s in seeds for p in presets]
     results = []
     visited_ok = visited_n = 0
@@ -370,6 +385,7 @@ def closed_loop(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, max_moves: int =
         pre.reset()
         stacked = GuidanceFeed(g_frames)  # heads without memory: the last frames stacked
         smoother = HintSmoother(paced.smoothing) if paced else None
+        feed = MoveCheckFeed(smoother.undo.unit) if checking and smoother is not None and smoother.undo is not None else None
         follower = HintFollower()
         reference, last_move = None, None
         moves, success, reached, held = 0, False, False, False
@@ -389,10 +405,16 @@ def closed_loop(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, max_moves: int =
                 guidance = heads.guidance(*stacked.inputs(prep.tensor, moves))
             quality = heads.quality(prep.tensor)
             if smoother is None:
-                action = follower.move(guidance, quality, moves)
+                check = follower.to_check(moves) if checking and reference is not None else None
+                action = follower.move(guidance, quality, moves,
+                                       check=heads.move_check(reference, prep.tensor, check) if check else None)
             else:
                 for _ in range(paced.frames_per_move):
-                    shown = smoother.hints(moves, paced.clock_ns(), quality, guidance, None)
+                    t_ns = paced.clock_ns()
+                    reading = feed.reading(heads, smoother.undo, prep.tensor, t_ns) if feed is not None else None
+                    shown = smoother.hints(moves, t_ns, quality, guidance, None, check=reading)
+                    if feed is not None:
+                        feed.record(t_ns, prep.tensor, shown.guidance.action)
                 action = shown.guidance.action
             if until_hold and action == "hold":  # the operator stops here
                 success, held = on_view, True
@@ -405,8 +427,9 @@ def closed_loop(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, max_moves: int =
         pe = vp.pose_error()
         swept = (smoother.sweeps if smoother is not None else follower.sweep.sweeps) > 0
         went_back = (smoother.returns if smoother is not None else follower.back.returns) > 0
+        undone = (smoother.undos if smoother is not None else follower.undo.undos) > 0
         results.append({"preset": preset, "seed": seed, "success": success, "pose_reached": within_every_tolerance(vp, truth), "moves": moves,
-                        "swept": swept, "went_back": went_back, "reached": reached, "held": held,
+                        "swept": swept, "went_back": went_back, "undone": undone, "reached": reached, "held": held,
                         "final_error": pe["total"],
                         "final": {k: abs(float(pe[name])) / vp.tol[k] for k, name in ERROR_NAMES.items()}})
     succ = np.array([r["success"] for r in results])
@@ -431,6 +454,9 @@ def closed_loop(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, max_moves: int =
         # episodes in which the hints went back to the best view seen (best_view.BackToBest), and how many of those succeeded
         "went_back": {"episodes": int(sum(r["went_back"] for r in results)),
                       "succeeded": int(sum(r["went_back"] and r["success"] for r in results))},
+        # episodes in which the hints undid a move the move check called worse (move_check.UndoWorseMove)
+        "undone": {"episodes": int(sum(r["undone"] for r in results)),
+                   "succeeded": int(sum(r["undone"] and r["success"] for r in results))},
         **({"until_hold": {"ended_on_hold": round(float(np.mean([r["held"] for r in results])), 4),
                            "reached_before_the_stop": round(float(np.mean([r["reached"] for r in results])), 4)}} if until_hold else {}),
     }
@@ -456,7 +482,8 @@ def settled_summary(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, desc: str = 
     return {"success": r["closed_loop_success"], "success_ci95": r["closed_loop_success_ci95"], "by_preset": r["success_by_preset"],
             "ended_on_hold": u["ended_on_hold"],
             "hold_on_view": round(r["closed_loop_success"] / u["ended_on_hold"], 4) if u["ended_on_hold"] else float("nan"),
-            "reached_before_the_stop": u["reached_before_the_stop"], "median_moves": r["median_moves"], "went_back": r["went_back"]}
+            "reached_before_the_stop": u["reached_before_the_stop"], "median_moves": r["median_moves"], "went_back": r["went_back"],
+            "undone": r["undone"]}
 
 
 POSE_DRAWS = 20  # hold_decisions: draws of a pose of the kind asked for
@@ -589,7 +616,7 @@ def evaluate(engines: Path | None = None, *, quick: bool = False, backend: str =
         result["guidance"] = {"top1": fm["guidance"]["top1"], **cl, "top1_by_action": fm["guidance"]["top1_by_action"],
                               # the same starts, the operator reading the smoothed hints, a move every 0.5 s
                               "closed_loop_paced": {k: paced[k] for k in ("closed_loop_success", "closed_loop_success_ci95", "success_by_preset",
-                                                                      "median_moves", "swept", "went_back")}
+                                                                      "median_moves", "swept", "went_back", "undone")}
                               # ... and stopping where those hints first say hold
                               | {"settled": settled_summary(heads, loop_seeds, desc="closed loop (paced, until hold)", paced=PacedOperator())},
                               # share of views on which the hints say hold: right at the target, wrong when off
@@ -702,7 +729,9 @@ def summary_lines(r: dict) -> list[str]:
         f"({g.get('episodes')} episodes, median {g.get('median_moves')} moves; "
         f"following the smoothed hints, a move every 0.5 s: {(g.get('closed_loop_paced') or {}).get('closed_loop_success')})",
         f"swept back on a blank image (hints.BlindSweep): {(g.get('swept') or {}).get('episodes')} episodes, "
-        f"{(g.get('swept') or {}).get('succeeded')} of them reached the view",
+        f"{(g.get('swept') or {}).get('succeeded')} of them reached the view; undid a move the move check called worse "
+        f"(move_check.UndoWorseMove): {(g.get('undone') or {}).get('episodes')} episodes, "
+        f"{(g.get('undone') or {}).get('succeeded')} of them reached the view",
         f"every pose component within tolerance at the end (diagnostic, the test until 2026-11-30): {g.get('pose_reached')} of the episodes",
         "hints say hold: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in (g.get("hold_said") or {}).items()
                                        if not isinstance(v, dict) and k != "views_each"),

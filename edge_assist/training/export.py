@@ -40,6 +40,7 @@ ROLES = {
         "echogenicity": "echo_logits", "margins": "margin_logits", "location": "location_logits",
     },
     "lesion": {"echogenicity": "echo_logits", "margins": "margin_logits", "mask": "lesion_mask"},
+    "move_check": {"better": "better_logits"},
 }
 LABELS = {
     "quality": {"reasons": list(QUALITY_REASONS)},
@@ -47,9 +48,10 @@ LABELS = {
     "interpreter": {"structures": list(STRUCTURES), "echogenicity": list(ECHOGENICITY), "margins": list(MARGINS),
                     "locations": list(LOCATIONS)},
     "lesion": {"echogenicity": list(ECHOGENICITY), "margins": list(MARGINS)},
+    "move_check": {"actions": list(ACTIONS)},
 }
 OUTPUT_NAMES = {"quality": ("score", "reason_logits"), "guidance": ("action_logits",), "interpreter": INTERPRETER_OUTPUT_NAMES,
-                "lesion": ("echo_logits", "margin_logits", "lesion_mask")}
+                "lesion": ("echo_logits", "margin_logits", "lesion_mask"), "move_check": ("better_logits",)}
 
 
 def _Tuple(m):
@@ -327,6 +329,8 @@ def export_all(checkpoints: dict[str, Path], out_dir: Path, *, frames_u8: np.nda
         heads["lesion"] = export_lesion(checkpoints["lesion"], out_dir, crops_u8)
     elif (out_dir / "lesion.onnx").exists():  # a lesion model from an earlier export no longer belongs
         (out_dir / "lesion.onnx").unlink()
+    if (out_dir / "move_check.onnx").exists():  # it learnt from the guidance head this export may replace
+        (out_dir / "move_check.onnx").unlink()  # (training/move_check.py; `edge-assist train move-check` makes it again)
     for h in heads.values():
         if h["bytes"] > 10e6:
             raise TrainingError(f"{h['file']} is {h['bytes'] / 1e6:.1f} MB, over the 10 MB budget")
@@ -413,6 +417,9 @@ def write_model_card(engines: Path, manifest: dict) -> Path:
         f"scan-region crop, grey, resize to {INPUT_SIZE[0]}x{INPUT_SIZE[1]}, (pixel/255 - {MEAN}) / {STD}. The lesion head",
         "(when present) reads a square crop of the scan region at the source's resolution around the lesion the",
         "interpreter's mask shows, resized to its input and normalised the same way (`edge_assist.lesion_crop`).",
+        "The move check (when present) reads two preprocessed frames, before and after a probe move, and gives for",
+        "each move the logit that it brought the pose component it changes closer to the target view; the hints",
+        "undo a slide, rotation, fan or rock it calls worse (`edge_assist.move_check`).",
         "",
         "## Training data",
         "",
@@ -479,7 +486,9 @@ def write_model_card(engines: Path, manifest: dict) -> Path:
         "  they never show a move that leads back to where the last eight moves have been (the next-best move that",
         "  does not comes first), except on purpose: where the quality meter read good and then fell 0.3 below",
         "  that within six moves, they show the way back to that view and hold there if the meter reads good",
-        "  again (`went_back` above); that hold says the best view seen, not the target view. The labels ask for a",
+        "  again (`went_back` above); that hold says the best view seen, not the target view. Where the move check",
+        "  (when present) calls the last slide, rotation, fan or rock worse, they show its reverse for two moves",
+        "  (`undone` above); it reads two frames, and the operator is taken to have made the move shown. The labels ask for a",
         "  centring move until the view is near the middle of the target view (`Plan.centre_view`), so on a view",
         "  that is already diagnostic the arrow may still ask for a small move (`hold_said` above): read the",
         "  quality meter to know the view is good. An operator who stops where the hints first say hold ends on",

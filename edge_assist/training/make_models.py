@@ -21,7 +21,7 @@ import json
 import multiprocessing as mp
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,7 @@ from edge_assist.training.common import (
     DEFAULT_SEED, EXAM_PRESETS, TRAIN_SEEDS, VAL_SEEDS, expert_action, log, progress, sim_region,
 )
 from edge_assist.training.data import INPUT_SIZE, MEAN, STD, ArrayDataset, encode_labels, mask_target, normalise
+from edge_assist.training.move_check import MoveCheckPlan
 from edge_assist.training.self_imitation import SelfImitation
 from edge_assist.vocab import ACTIONS, QUALITY_THRESHOLD
 
@@ -89,6 +90,9 @@ class Plan:
     # head): tried 2026-12-03, it moved the closed loop only as far as it moved the hints' hold at the target
     # view (docs/TRAINING.md, "Self-imitation").
     self_imitation: SelfImitation | None = None
+    # After export: the move check (training/move_check.py), trained on pairs of frames around the moves of
+    # episodes driven by the exported guidance head; the hints undo a move it calls worse. None: no move check.
+    move_check: MoveCheckPlan | None = field(default_factory=MoveCheckPlan)
     max_moves: int = 40
     quality_epochs: int = 6
     guidance_epochs: int = 3  # round 0 (from scratch)
@@ -123,6 +127,7 @@ PLANS = {
     "tiny": Plan(train_seeds=2, val_seeds=1, frames_per_seed=4, rollout_episodes=1, dagger_episodes=1, dagger_rounds=1, max_moves=6,
                  quality_epochs=1, guidance_epochs=1, dagger_epochs=1, interpreter_extra_seeds=1, teacher_epochs=1, interpreter_epochs=1,
                  lesion_epochs=1, batch_size=16, calib_val_seeds=1, gate_extra_val_seeds=1,
+                 move_check=MoveCheckPlan(train_seeds=2, val_seeds=1, max_moves=4, epochs=1, batch_size=16),
                  eval_quick=True),
 }
 
@@ -761,6 +766,15 @@ def train_all(out: Path, *, plan: Plan = PLANS["full"], work: Path = Path("data/
         si_ckpts = [Path(r["checkpoint"]) for r in si["rounds"]]
         stage("self-imitation", t0)
 
+    mc_ckpts: list[Path] = []
+    if plan.move_check is not None:
+        from edge_assist.training.move_check import make_move_check
+
+        t0 = time.perf_counter()
+        make_move_check(out, work, data_dir, seed=seed, plan=plan.move_check, workers=workers, resume=resume)
+        mc_ckpts = [work / "move_check" / "move_check.pt"]
+        stage("move check", t0)
+
     t0 = time.perf_counter()
     if not (Path(calibration) / CALIB_FILE).is_file():
         build_calibration_frames(calibration, data_dir=data_dir, workers=workers)
@@ -779,7 +793,8 @@ def train_all(out: Path, *, plan: Plan = PLANS["full"], work: Path = Path("data/
         # build_seconds are this run's: a resumed stage shows seconds; the checkpoints keep what training cost
         raw["data"]["training_seconds"] = training_seconds(
             {"guidance": g_rounds + si_ckpts, "quality": [q_ckpt],
-             "teacher": [t_ckpt], "interpreter": [i_ckpt]} | ({"lesion": [l_ckpt]} if l_ckpt else {}))
+             "teacher": [t_ckpt], "interpreter": [i_ckpt]} | ({"lesion": [l_ckpt]} if l_ckpt else {})
+            | ({"move_check": mc_ckpts} if mc_ckpts else {}))
         write_manifest(out, raw)
         store_evaluation(out, result)
         write_json(work / "eval.json", result)
