@@ -300,7 +300,7 @@ class HintSmoother:
             shown = undo.steer(self._action, t)
         else:
             if not any(r is not None and r.active for r in (sweep, back)):  # while a rule shows its own moves (below), challengers wait
-                self._follow_head(t_ns, undo.bar(GuidanceResult("hold", 0.0, self._action_p), t).probs if undo is not None else None)
+                self._follow_head(t_ns, undo.barred_probs(self._action_p, t) if undo is not None else None)
             shown = self._action
             if sweep is not None:
                 shown = sweep.steer(shown, score, t)

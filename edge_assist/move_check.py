@@ -69,12 +69,16 @@ class UndoWorseMove:
             self._quiet_until = self._undo_until + self.unit
             self.undos += 1
 
+    def barred_probs(self, probs: dict[str, float], t: float) -> dict[str, float]:
+        """`probs` with the moves kept out at t set to zero (the same dict when none is)."""
+        barred = {m for m, until in self._barred.items() if t < until}
+        return {m: (0.0 if m in barred else p) for m, p in probs.items()} if barred else probs
+
     def bar(self, g: GuidanceResult, t: float) -> GuidanceResult:
         """`g` without the moves kept out at t (their probability zero)."""
-        barred = {m for m, until in self._barred.items() if t < until}
-        if not barred or not g.probs:
+        probs = self.barred_probs(g.probs, t)
+        if probs is g.probs:
             return g
-        probs = {m: (0.0 if m in barred else p) for m, p in g.probs.items()}
         best = max(probs, key=probs.get)
         return GuidanceResult(best, probs[best], probs)
 

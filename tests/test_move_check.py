@@ -9,7 +9,7 @@ from edge_assist.errors import ManifestError
 from edge_assist.frames import GuidanceResult, QualityResult
 from edge_assist.hints import HintSmoother, SmoothingConfig
 from edge_assist.manifest import load_manifest
-from edge_assist.move_check import CHECKED_MOVES, UndoWorseMove
+from edge_assist.move_check import CHECK_THRESHOLD, CHECKED_MOVES, UNDO_BAR_MOVES, UNDO_MOVES, UndoWorseMove
 from edge_assist.training.evaluate import HintFollower
 
 ENGINES = Path(__file__).resolve().parents[1] / "engines"
@@ -87,6 +87,10 @@ def test_the_committed_move_check_runs_through_the_run_time_path():
 
     manifest = load_manifest(ENGINES)
     assert "move_check" in manifest.heads
+    # the rule recorded with the head is the one the hints run
+    rule = manifest.raw["heads"]["move_check"]["rule"]
+    assert (rule["threshold"], tuple(rule["checked_moves"]), rule["undo_moves"], rule["bar_moves"]) == (
+        CHECK_THRESHOLD, CHECKED_MOVES, UNDO_MOVES, UNDO_BAR_MOVES)
     with HeadSet(manifest) as heads:
         x = np.random.default_rng(0).normal(0, 1, (1, 1, 128, 128)).astype(np.float32)
         p = heads.move_check(x, x + 0.1, "fan_away")

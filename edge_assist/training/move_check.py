@@ -274,13 +274,13 @@ def export_move_check(ckpt: Path, engines: Path, val: MovePairs) -> dict:
     if diff > PARITY_TOL:
         raise TrainingError(f"move check: ONNX Runtime differs from torch by {diff:.2e} (> {PARITY_TOL}); not exported")
     last = saved["history"][-1] if saved.get("history") else {}
-    entry = head_entry("move_check", path, in_ch=2, input_name=INPUT_NAME,
-                       decode={"threshold": CHECK_THRESHOLD, "checked_moves": list(CHECKED_MOVES), "undo_moves": UNDO_MOVES,
-                               "bar_moves": UNDO_BAR_MOVES},
-                       metrics={"val": last.get("val", {})},
+    entry = head_entry("move_check", path, in_ch=2, input_name=INPUT_NAME, decode={}, metrics={"val": last.get("val", {})},
                        training={"epochs": len(saved.get("history", [])), "seed": saved["settings"].get("seed"),
                                  "settings": saved["settings"]})
     entry["parity_max_abs_diff"] = float(f"{diff:.3g}")
+    # what the hints do with it (edge_assist.move_check's constants, recorded with the head they were set for)
+    entry["rule"] = {"threshold": CHECK_THRESHOLD, "checked_moves": list(CHECKED_MOVES), "undo_moves": UNDO_MOVES,
+                     "bar_moves": UNDO_BAR_MOVES}
     raw = read_manifest_json(engines)
     raw["heads"]["move_check"] = entry
     write_manifest(engines, raw)
