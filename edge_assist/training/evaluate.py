@@ -295,8 +295,10 @@ class HintFollower:
     hints show (no smoothing): the head's move with 'hold' only where it is
     due (hints.hold_only_when_due), never one that leads back where the last
     moves have been (hints.no_revisit), a sweep back when the image stays
-    blank (hints.BlindSweep), and the way back to the best view seen
-    (best_view.BackToBest). `pick`, when given, chooses among the moves on
+    blank (hints.BlindSweep), the way back to the best view seen
+    (best_view.BackToBest), and the undo of a move the move check calls
+    worse (move_check.UndoWorseMove: the caller reads the move to_check()
+    names and passes the reading to move()). `pick`, when given, chooses among the moves on
     offer instead of the head's best (the self-imitation rollouts sample
     there; training/self_imitation.py)."""
 
@@ -347,9 +349,11 @@ def closed_loop(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, max_moves: int =
     where the quality head finds the view good or flags lost contact
     (hints.hold_only_when_due), never a move that leads back where the
     last moves have been (hints.no_revisit), a sweep back when the image
-    stays blank (hints.BlindSweep), and the way back to the best view seen
-    when the meter falls clearly below it (best_view.BackToBest); no
-    smoothing across frames.
+    stays blank (hints.BlindSweep), the way back to the best view seen
+    when the meter falls clearly below it (best_view.BackToBest), and,
+    where the heads include a move check, the undo of a move it calls worse
+    (move_check.UndoWorseMove: it reads the frame before the move just made
+    and the frame now); no smoothing across frames.
 
     With `paced`, the operator instead reads the hints as the pipeline shows
     them (hints.HintSmoother: smoothing, hysteresis and the no-revisit detour
