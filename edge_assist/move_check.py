@@ -13,7 +13,7 @@ brought the pose component it changes closer to the target view. Where it
 says worse (p below `threshold`) for a slide, rotation, fan or rock, the
 hints show the reverse move for `undo` moves (back, and one step the other
 way) and keep the move that failed out for `bar` moves from the check.
-The undo passes no_revisit (it goes back on purpose); the next move is not
+A move is read only where the image changed (probe_moved). The undo passes no_revisit (it goes back on purpose); the next move is not
 checked (it was the undo), and a move is checked at most once per `unit`.
 
 The clock `t` counts moves in the closed loop (one per frame, `unit` 1)
@@ -35,6 +35,16 @@ CHECKED_MOVES = tuple(a for a in ACTIONS if a.startswith(("slide_", "rotate_", "
 CHECK_THRESHOLD = 0.1  # p(better) below this: undo
 UNDO_MOVES = 2  # the reverse this many times: back where the probe was, then one step the other way
 UNDO_BAR_MOVES = 4  # the move that failed is kept out this many moves from the check
+# A move is read only where the two frames differ by more than this (mean |difference|, grey levels of the
+# preprocessed frame): the check learnt from moves, and a still probe is not one. In the simulator two
+# frames of one pose differ by 0.1 grey levels at the median and 1.8 at most (live speckle), a pose move
+# by 9.6 at the median and less than 2 in 5 % of moves (docs/TRAINING.md).
+MOTION_GREY = 2.0
+
+
+def probe_moved(before: np.ndarray, after: np.ndarray, std: float) -> bool:
+    """Whether two preprocessed frames ((pixel/255 - mean) / std) differ by more than MOTION_GREY."""
+    return float(np.mean(np.abs(after - before))) * std * 255.0 > MOTION_GREY
 
 
 class UndoWorseMove:
@@ -93,12 +103,13 @@ class MoveCheckFeed:
     head with memory: guidance_memory.MoveMemory), read by the move check
     when the rule asks for it. record() adds each frame with its hint."""
 
-    def __init__(self, move_s: float):
+    def __init__(self, move_s: float, std: float):
         self.memory = MoveMemory(move_s * 1000.0)
+        self.std = float(std)  # the preprocessing's (probe_moved)
 
     def reading(self, heads, rule: UndoWorseMove, tensor: np.ndarray, t_ns: int) -> tuple[str, float] | None:
         ref = self.memory.reference(t_ns)
-        if ref is None or not rule.wants_check(ref[1], t_ns / 1e9):
+        if ref is None or not rule.wants_check(ref[1], t_ns / 1e9) or not probe_moved(ref[0], tensor, self.std):
             return None
         return ref[1], heads.move_check(ref[0], tensor, ref[1])
 

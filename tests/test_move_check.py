@@ -97,6 +97,24 @@ def test_the_committed_move_check_runs_through_the_run_time_path():
         assert 0.0 <= p <= 1.0
 
 
+def test_the_live_feed_reads_the_move_shown_one_move_ago_and_not_a_still_probe():
+    from edge_assist.heads import HeadSet
+    from edge_assist.move_check import MoveCheckFeed, probe_moved
+
+    x = np.random.default_rng(1).normal(0, 1, (1, 1, 128, 128)).astype(np.float32)
+    assert not probe_moved(x, x + 0.02, std=0.25)  # 1.3 grey levels: speckle, not a move
+    assert probe_moved(x, x + 0.05, std=0.25)
+    with HeadSet(load_manifest(ENGINES)) as heads:
+        feed, rule = MoveCheckFeed(0.5, std=0.25), UndoWorseMove(unit=0.5)
+        feed.record(0, x, "slide_head")
+        assert feed.reading(heads, rule, x + 0.3, int(0.4e9)) is None  # not one move ago yet
+        assert feed.reading(heads, rule, x, int(0.6e9)) is None  # the probe did not move
+        move, p = feed.reading(heads, rule, x + 0.3, int(0.6e9))
+        assert move == "slide_head" and 0.0 <= p <= 1.0
+        feed.record(int(0.6e9), x, "depth_up")
+        assert feed.reading(heads, rule, x + 0.3, int(1.2e9)) is None  # depth is not checked
+
+
 def test_a_move_check_of_the_wrong_shape_is_refused(tmp_path):
     engines = tmp_path / "engines"
     shutil.copytree(ENGINES, engines)

@@ -37,7 +37,7 @@ from edge_assist.heads import HeadSet, lesion_decided, structure_thresholds
 from edge_assist.hints import GOOD_QUALITY, BlindSweep, HintSmoother, MoveTrail, SmoothingConfig, hold_only_when_due, no_revisit
 from edge_assist.lesion_measure import lesion_size_frac
 from edge_assist.manifest import load_manifest
-from edge_assist.move_check import MoveCheckFeed, UndoWorseMove
+from edge_assist.move_check import MoveCheckFeed, UndoWorseMove, probe_moved
 from edge_assist.training.common import (
     EVAL_SEEDS, EXAM_PRESETS, TRAIN_SEEDS, VAL_SEEDS, auroc, expert_action, f1_binary, macro_f1_multiclass, progress, sim_region,
     spearman, wilson_interval,
@@ -380,6 +380,7 @@ def closed_loop(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, max_moves: int =
     g_frames = heads.frames_for("guidance")
     memory = heads.has_memory()
     checking = heads.has_move_check()  # undo a move it calls worse (edge_assist.move_check)
+    std = float(heads.manifest.preprocess.get("std", 1.0))
     episodes = [(p, s) for s in seeds for p in presets]
     results = []
     visited_ok = visited_n = 0
@@ -389,7 +390,8 @@ def closed_loop(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, max_moves: int =
         pre.reset()
         stacked = GuidanceFeed(g_frames)  # heads without memory: the last frames stacked
         smoother = HintSmoother(paced.smoothing) if paced else None
-        feed = MoveCheckFeed(smoother.undo.unit) if checking and smoother is not None and smoother.undo is not None else None
+        feed = (MoveCheckFeed(smoother.undo.unit, std) if checking and smoother is not None and smoother.undo is not None
+                else None)
         follower = HintFollower()
         reference, last_move = None, None
         moves, success, reached, held = 0, False, False, False
@@ -409,7 +411,8 @@ def closed_loop(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, max_moves: int =
                 guidance = heads.guidance(*stacked.inputs(prep.tensor, moves))
             quality = heads.quality(prep.tensor)
             if smoother is None:
-                check = follower.to_check(moves) if checking and reference is not None else None
+                check = (follower.to_check(moves) if checking and reference is not None
+                         and probe_moved(reference, prep.tensor, std) else None)
                 action = follower.move(guidance, quality, moves,
                                        check=heads.move_check(reference, prep.tensor, check) if check else None)
             else:
