@@ -157,3 +157,13 @@ def test_move_check_tiny_training_lowers_the_loss_exports_and_runs(tmp_path):
     with HeadSet(load_manifest(engines)) as heads:
         r = closed_loop(heads, [50_000], ["cardiac"], max_moves=8)
     assert set(r["undone"]) == {"episodes", "succeeded"}
+
+
+def test_move_check_cli_needs_an_engines_folder(tmp_path):
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "edge_assist", "train", "move-check", "--out", str(tmp_path / "none")],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and "make models" in p.stderr
