@@ -351,8 +351,7 @@ def run_naive_phase(source, heads, *, budget_ms, warmup_frames, duration_s, capa
     pre = heads.preprocessor()
     smoother = HintSmoother()
     guidance = GuidanceFeed.for_head(heads.heads["guidance"].spec)
-    checks = (MoveCheckFeed(smoother.undo.unit, float(heads.manifest.preprocess.get("std", 1.0)))
-              if smoother.undo is not None and heads.has_move_check() else None)
+    checks = MoveCheckFeed.for_smoother(heads, smoother)
     rec = FrameRecorder(capacity_hint)
     mon = ResourceMonitor()
     stages: dict[str, list[float]] = {k: [] for k in STAGES}

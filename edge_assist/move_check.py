@@ -107,6 +107,13 @@ class MoveCheckFeed:
         self.memory = MoveMemory(move_s * 1000.0)
         self.std = float(std)  # the preprocessing's (probe_moved)
 
+    @classmethod
+    def for_smoother(cls, heads, smoother) -> "MoveCheckFeed | None":
+        """The feed for a smoother's undo rule, or None where the heads have no move check or the rule is off."""
+        if smoother.undo is None or not heads.has_move_check():
+            return None
+        return cls(smoother.undo.unit, float(heads.manifest.preprocess.get("std", 1.0)))
+
     def reading(self, heads, rule: UndoWorseMove, tensor: np.ndarray, t_ns: int) -> tuple[str, float] | None:
         ref = self.memory.reference(t_ns)
         if ref is None or not rule.wants_check(ref[1], t_ns / 1e9) or not probe_moved(ref[0], tensor, self.std):

@@ -523,9 +523,7 @@ class Pipeline:
         self._capture_error: BaseException | None = None
         self._guidance = GuidanceFeed.for_head(heads.heads["guidance"].spec)
         # The move check (optional head): the frame about one move ago and the hint shown then.
-        undo = self.smoother.undo
-        self._move_check = (MoveCheckFeed(undo.unit, float(heads.manifest.preprocess.get("std", 1.0)))
-                            if undo is not None and heads.has_move_check() else None)
+        self._move_check = MoveCheckFeed.for_smoother(heads, self.smoother)
         self._interp_gate = float(heads.heads["interpreter"].spec.decode.get("quality_threshold", QUALITY_THRESHOLD))
         # Benchmarks load all three heads: the interpreter model then runs on
         # every frame it is free for; its result still abstains below the gate.

@@ -390,8 +390,7 @@ def closed_loop(heads: HeadSet, seeds, presets=EXAM_PRESETS, *, max_moves: int =
         pre.reset()
         stacked = GuidanceFeed(g_frames)  # heads without memory: the last frames stacked
         smoother = HintSmoother(paced.smoothing) if paced else None
-        feed = (MoveCheckFeed(smoother.undo.unit, std) if checking and smoother is not None and smoother.undo is not None
-                else None)
+        feed = MoveCheckFeed.for_smoother(heads, smoother) if smoother is not None else None
         follower = HintFollower()
         reference, last_move = None, None
         moves, success, reached, held = 0, False, False, False

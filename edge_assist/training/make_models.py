@@ -345,18 +345,19 @@ def _run_jobs(fn, jobs: list, workers: int, desc: str) -> list[dict]:
     return rows
 
 
-def _cached(name: str, key: dict, data_dir: Path, build) -> ArrayDataset:
+def _cached(name: str, key: dict, data_dir: Path, build, *, save=save_arrays, load=load_arrays, unit: str = "frames"):
+    """build(), or what an earlier build with the same key (and simulator) saved under data_dir."""
     key = {**key, "cache_version": CACHE_VERSION, "sim": sim_code_hash()}
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
     path = Path(data_dir) / f"{name}-{digest}.npz"
     if path.is_file():
         log(f"data: {path} (cached)")
-        return load_arrays(path)
+        return load(path)
     t0 = time.perf_counter()
     ds = build()
-    save_arrays(ds, path)
+    save(ds, path)
     (path.with_suffix(".json")).write_text(json.dumps(key, indent=2))
-    log(f"data: wrote {path} ({len(ds)} frames, {time.perf_counter() - t0:.0f} s)")
+    log(f"data: wrote {path} ({len(ds)} {unit}, {time.perf_counter() - t0:.0f} s)")
     return ds
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,7 +33,7 @@ from edge_assist.vocab import ACTIONS
 
 INPUT_NAME = "frames"  # [1, 2, H, W]: the frame before the move, the frame after it
 OUTPUT_NAME = "better_logits"  # [1, 15]
-CACHE_VERSION = 1
+PAIRS_VERSION = 1  # part of the pairs cache key: raise it when what a pair holds changes
 
 
 @dataclass(frozen=True)
@@ -60,7 +59,10 @@ class MovePairs:
         return len(self.move)
 
 
-def _pairs_job(job) -> dict[str, np.ndarray]:
+PAIR_FIELDS = ("before", "after", "move", "better", "preset")
+
+
+def _pairs_job(job) -> list[dict]:
     from edge_assist.frames import Frame
     from edge_assist.preprocess import Preprocessor
     from edge_assist.sim.patient import ACTION_EFFECT, ERROR_NAMES, VirtualPatient
@@ -70,7 +72,7 @@ def _pairs_job(job) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(rng_seed)
     policy = OnnxPolicy(policy_path)
     pre = Preprocessor(size=INPUT_SIZE, mean=MEAN, std=STD)
-    out: dict[str, list] = {k: [] for k in ("before", "after", "move", "better", "preset")}
+    rows = []
     for seed in seeds:
         for p, preset in enumerate(EXAM_PRESETS):
             vp = VirtualPatient(preset, seed, live_speckle=True)
@@ -90,55 +92,39 @@ def _pairs_job(job) -> dict[str, np.ndarray]:
                 e1 = abs(float(vp.pose_error()[name]))
                 image, _ = vp.render()
                 nxt = pre(Frame(image, step + 1, 0, region=vp.region))
-                out["before"].append(prep.image)
-                out["after"].append(nxt.image)
-                out["move"].append(ACTIONS.index(move))
-                out["better"].append(e1 < e0)
-                out["preset"].append(p)
+                rows.append({"before": prep.image, "after": nxt.image, "move": ACTIONS.index(move), "better": e1 < e0, "preset": p})
                 prep = nxt
-    return {k: np.array(v) for k, v in out.items()}
+    return rows
+
+
+def _save_pairs(pairs: MovePairs, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(tmp, **{k: getattr(pairs, k) for k in PAIR_FIELDS})
+    tmp.replace(path)
+
+
+def _load_pairs(path: Path) -> MovePairs:
+    with np.load(path) as z:
+        return MovePairs(**{k: z[k] for k in PAIR_FIELDS})
 
 
 def move_pairs(seeds, rng_seed: int, data_dir: Path, policy_path: Path, plan: MoveCheckPlan, *, workers: int = 2,
                name: str = "move-pairs") -> MovePairs:
     """The pairs of `seeds` (cached under data_dir by what makes them)."""
-    from edge_assist.training.make_models import _chunks, sim_code_hash
+    from edge_assist.training.make_models import _cached, _chunks, _run_jobs
 
     seeds = list(seeds)
     key = {"kind": name, "seeds": [seeds[0], seeds[-1], len(seeds)], "rng": rng_seed,
            "policy": hashlib.sha1(Path(policy_path).read_bytes()).hexdigest()[:10], "random_share": plan.random_share,
-           "max_moves": plan.max_moves, "cache_version": CACHE_VERSION, "sim": sim_code_hash()}
-    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
-    path = Path(data_dir) / f"{name}-{digest}.npz"
-    if path.is_file():
-        log(f"data: {path} (cached)")
-        with np.load(path) as z:
-            return MovePairs(**{k: z[k] for k in ("before", "after", "move", "better", "preset")})
-    t0 = time.perf_counter()
-    jobs = [(c, rng_seed * 100_003 + c[0], str(policy_path), plan.random_share, plan.max_moves) for c in _chunks(seeds, 5)]
-    parts = []
-    bar = progress(total=len(jobs), desc=f"render {name}")
-    if workers <= 1 or len(jobs) == 1:
-        for j in jobs:
-            parts.append(_pairs_job(j))
-            bar.update(1)
-    else:
-        import multiprocessing as mp
-        import os
+           "max_moves": plan.max_moves, "pairs_version": PAIRS_VERSION}
 
-        with mp.get_context("fork" if hasattr(os, "fork") else "spawn").Pool(workers) as pool:
-            for part in pool.imap(_pairs_job, jobs):  # ordered: the same data whatever the worker count
-                parts.append(part)
-                bar.update(1)
-    bar.close()
-    pairs = MovePairs(**{k: np.concatenate([p[k] for p in parts]) for k in ("before", "after", "move", "better", "preset")})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, **{k: getattr(pairs, k) for k in ("before", "after", "move", "better", "preset")})
-    tmp.replace(path)
-    path.with_suffix(".json").write_text(json.dumps(key, indent=2))
-    log(f"data: wrote {path} ({len(pairs)} pairs, {time.perf_counter() - t0:.0f} s)")
-    return pairs
+    def build() -> MovePairs:
+        jobs = [(c, rng_seed * 100_003 + c[0], str(policy_path), plan.random_share, plan.max_moves) for c in _chunks(seeds, 5)]
+        rows = _run_jobs(_pairs_job, jobs, workers, f"render {name}")  # ordered: the same data whatever the worker count
+        return MovePairs(**{k: np.array([r[k] for r in rows]) for k in PAIR_FIELDS})
+
+    return _cached(name, key, data_dir, build, save=_save_pairs, load=_load_pairs, unit="pairs")
 
 
 def build_net():
